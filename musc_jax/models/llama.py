@@ -1,0 +1,227 @@
+"""One flax.nnx decoder for the Llama family: Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3.
+
+Switches come from ModelConfig: grouped-query attention, q/k/v biases (Qwen2), per-head q/k
+RMSNorm (Qwen3), sliding-window attention (Mistral, Qwen when enabled), rope scaling, tied
+embeddings. Every parameter carries `logical_axes` metadata that `musc_jax.sharding` maps to mesh
+axes. Padding is expressed by `attention_mask`; positions are derived from it, so left and right
+padding give the same logits on the real tokens.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from musc_jax.models.config import ModelConfig
+from musc_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+class KVCache(NamedTuple):
+    """Preallocated key/value cache for incremental decoding.
+
+    keys/values: per layer [B, S, kv_heads, head_dim]; mask: [B, S] which slots hold real
+    tokens; index: int32 scalar, the next slot to write (the same for every row, because prompts
+    are left-padded); lengths: [B] count of real tokens seen per row (next rope position).
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    mask: jax.Array
+    index: jax.Array
+    lengths: jax.Array
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, std=0.02):
+    return nnx.Param(jax.random.normal(rngs.params(), shape, dtype) * std, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in float32 and cast back, as transformers does."""
+
+    def __init__(self, dim: int, eps: float, axes=("norm",), param_dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=axes)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(dtype) * x.astype(dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = _param(rngs, (e, h, d), ("embed", "heads", "head_dim"), param_dtype)
+        self.k_proj = _param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.v_proj = _param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.o_proj = _param(rngs, (h, d, e), ("heads", "head_dim", "embed"), param_dtype)
+        if cfg.attention_bias:
+            self.q_bias = nnx.Param(jnp.zeros((h, d), param_dtype), logical_axes=("heads", "head_dim"))
+            self.k_bias = nnx.Param(jnp.zeros((kv, d), param_dtype), logical_axes=("kv_heads", "head_dim"))
+            self.v_bias = nnx.Param(jnp.zeros((kv, d), param_dtype), logical_axes=("kv_heads", "head_dim"))
+        else:
+            self.q_bias = self.k_bias = self.v_bias = None
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, ("head_dim",), param_dtype)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, ("head_dim",), param_dtype)
+        else:
+            self.q_norm = self.k_norm = None
+        self.window = cfg.layer_window(layer)
+        self.groups = h // kv
+        self.scale = d ** -0.5
+        self.dtype = dtype
+
+    def _project(self, x, kernel, bias):
+        y = jnp.einsum("bte,ehd->bthd", x, kernel[...].astype(self.dtype))
+        if bias is not None:
+            y = y + bias[...].astype(self.dtype)
+        return y
+
+    def __call__(self, x, cos, sin, key_mask, q_slots, cache_kv=None, write_index=None):
+        """x [B, T, E]; key_mask [B, S] real key slots; q_slots [T] the cache slot of each query.
+
+        Without a cache S == T and keys are this call's tokens. With a cache (k, v each
+        [B, S, kv, D]) this call's keys are written at `write_index` and attention covers all S.
+        Returns (out [B, T, E], (k, v)).
+        """
+        q = self._project(x, self.q_proj, self.q_bias)
+        k = self._project(x, self.k_proj, self.k_bias)
+        v = self._project(x, self.v_proj, self.v_bias)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache_kv is not None:
+            ck, cv = cache_kv
+            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_index, 0, 0))
+        b, t, h, d = q.shape
+        s, kvh = k.shape[1], k.shape[2]
+        k_slots = jnp.arange(s)
+        allowed = k_slots[None, :] <= q_slots[:, None]  # [T, S] causal
+        if self.window is not None:
+            allowed &= (q_slots[:, None] - k_slots[None, :]) < self.window
+        allowed = allowed[None] & key_mask[:, None, :].astype(bool)  # [B, T, S]
+        qg = q.reshape(b, t, kvh, self.groups, d)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype)).astype(jnp.float32)
+        scores = scores * self.scale
+        scores = jnp.where(allowed[:, None, None], scores, _MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype)).reshape(b, t, h, d)
+        out = jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(self.dtype))
+        return out, (k, v)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        e, m = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = _param(rngs, (e, m), ("embed", "mlp"), param_dtype)
+        self.up_proj = _param(rngs, (e, m), ("embed", "mlp"), param_dtype)
+        self.down_proj = _param(rngs, (m, e), ("mlp", "embed"), param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, x):
+        gate = x @ self.gate_proj[...].astype(self.dtype)
+        up = x @ self.up_proj[...].astype(self.dtype)
+        return (jax.nn.silu(gate) * up) @ self.down_proj[...].astype(self.dtype)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.attn = Attention(cfg, layer, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x, cos, sin, key_mask, q_slots, cache_kv=None, write_index=None):
+        a, kv = self.attn(self.input_norm(x), cos, sin, key_mask, q_slots, cache_kv, write_index)
+        x = x + a
+        x = x + self.mlp(self.post_attn_norm(x))
+        return x, kv
+
+
+def _layer_call(layer, x, cos, sin, key_mask, q_slots, cache_kv, write_index):
+    return layer(x, cos, sin, key_mask, q_slots, cache_kv, write_index)
+
+
+_remat_layer_call = nnx.remat(_layer_call)
+
+
+class DecoderLM(nnx.Module):
+    """Causal LM of the Llama family.
+
+    `model(input_ids, attention_mask)` -> float32 logits [B, T, vocab]. Generation uses
+    `hidden_states(..., cache=...)` with a `KVCache` from `init_cache` and `logits(h)`.
+    """
+
+    def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs, remat: bool = False):
+        self.config = config
+        self.dtype = dtype
+        self.remat = remat
+        self.embed = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), param_dtype)
+        self.layers = nnx.List([DecoderLayer(config, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                for i in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        if config.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype)
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """An empty cache for `batch` rows and `max_len` slots (prompt + new tokens)."""
+        c = self.config
+        dtype = dtype or self.dtype
+        shape = (batch, max_len, c.num_kv_heads, c.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers))
+        return KVCache(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers)),
+                       mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
+                       lengths=jnp.zeros((batch,), jnp.int32))
+
+    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                      cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Final normed hidden states [B, T, E] and the updated cache (None without one)."""
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        mask = attention_mask.astype(jnp.int32)
+        base = cache.lengths if cache is not None else jnp.zeros((b,), jnp.int32)
+        positions = jnp.maximum(base[:, None] + jnp.cumsum(mask, axis=-1) - 1, 0)
+        cos, sin = rope_cos_sin(positions, inverse_frequencies(self.config))
+        x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
+        if cache is None:
+            key_mask, q_slots, write_index = mask, jnp.arange(t), None
+        else:
+            write_index = cache.index
+            key_mask = jax.lax.dynamic_update_slice(cache.mask, mask.astype(bool), (0, write_index))
+            q_slots = write_index + jnp.arange(t)
+        call = _remat_layer_call if self.remat else _layer_call
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            cache_kv = (cache.keys[i], cache.values[i]) if cache is not None else None
+            x, (k, v) = call(layer, x, cos, sin, key_mask, q_slots, cache_kv, write_index)
+            new_k.append(k)
+            new_v.append(v)
+        x = self.norm(x)
+        if cache is None:
+            return x, None
+        new_cache = KVCache(keys=tuple(new_k), values=tuple(new_v), mask=key_mask,
+                            index=cache.index + t, lengths=cache.lengths + mask.sum(-1))
+        return x, new_cache
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """float32 logits [..., vocab] from hidden states [..., E]."""
+        if self.lm_head is None:
+            w = self.embed[...].astype(self.dtype)
+            return jnp.einsum("...e,ve->...v", h, w, preferred_element_type=jnp.float32)
+        w = self.lm_head[...].astype(self.dtype)
+        return jnp.einsum("...e,ev->...v", h, w, preferred_element_type=jnp.float32)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        h, _ = self.hidden_states(input_ids, attention_mask)
+        return self.logits(h)
