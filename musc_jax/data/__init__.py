@@ -1,0 +1,1 @@
+"""Data: constraints, pair building, pairs I/O and batching."""
