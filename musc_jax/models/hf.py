@@ -124,8 +124,9 @@ def weight_files(path: Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} found")
 
 
-def _abstract_model(cfg: ModelConfig, dtype) -> DecoderLM:
-    return nnx.eval_shape(lambda: DecoderLM(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
+def _abstract_model(cfg: ModelConfig, dtype, compute_dtype=None, remat: bool = False) -> DecoderLM:
+    return nnx.eval_shape(lambda: DecoderLM(cfg, dtype=compute_dtype or dtype, param_dtype=dtype,
+                                            rngs=nnx.Rngs(0), remat=remat))
 
 
 def _names_list(names) -> str:
@@ -135,11 +136,12 @@ def _names_list(names) -> str:
 
 
 def from_pretrained(path: str | Path, dtype=jnp.float32, mesh: Mesh | None = None,
-                    rules=LOGICAL_RULES) -> DecoderLM:
+                    rules=LOGICAL_RULES, compute_dtype=None, remat: bool = False) -> DecoderLM:
     """Load an HF Llama-family directory into a DecoderLM with parameters in `dtype`.
 
     With `mesh`, each parameter is created directly in the sharding that `rules` give it (each
-    device reads only its own slice from disk).
+    device reads only its own slice from disk). `compute_dtype` (default `dtype`) is the dtype of
+    activations and matmuls; `remat` recomputes each layer's activations in the backward pass.
     """
     path = Path(path)
     if not path.is_dir():
@@ -147,7 +149,7 @@ def from_pretrained(path: str | Path, dtype=jnp.float32, mesh: Mesh | None = Non
     cfg = read_config(path)
     files = weight_files(path)
     index = TensorIndex(files)
-    model = _abstract_model(cfg, dtype)
+    model = _abstract_model(cfg, dtype, compute_dtype, remat)
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
     table = key_table(cfg)
