@@ -1,0 +1,151 @@
+"""The Trainer end to end on a tiny model: metrics, checkpoints, export, resume, bad input."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from musc_jax.config import base_config
+from musc_jax.metrics import NonFiniteError
+from musc_jax.trainer import Trainer
+from trainer_fixtures import model_dir, pairs_file, sft_file
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer")
+    return {"model": model_dir(root / "model"), "pairs": pairs_file(root / "pairs.jsonl", 16),
+            "pairs_alt": pairs_file(root / "pairs_alt.jsonl", 16, alt=True),
+            "sft": sft_file(root / "sft.jsonl", 16)}
+
+
+def _config(tiny, workdir, **changes):
+    c = base_config()
+    c.model.path = str(tiny["model"])
+    c.data.train = str(tiny["pairs"])
+    c.data.max_length = 128
+    c.data.max_prompt_length = 64
+    c.workdir = str(workdir)
+    c.train.batch_size = 4
+    c.train.epochs = 2
+    c.optim.lr = 1e-3
+    c.loss.a_tok = 0.0
+    c.checkpoint.every = 4
+    for key, value in changes.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def test_train_writes_metrics_checkpoints_and_export(tiny, tmp_path):
+    t = Trainer(_config(tiny, tmp_path))
+    assert t.total_steps == 8
+    metrics = t.train()
+    t.export()
+    t.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if x["split"] == "train"]
+    assert [x["step"] for x in train] == list(range(1, 9))
+    for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "grad_norm", "lr"):
+        assert key in train[0]
+    assert abs(train[0]["loss"] - np.log(2)) < 1e-5  # policy == reference at step 0
+    assert metrics["loss"] < train[0]["loss"]
+    assert 1 <= t.trace_count <= 2  # one compile per length bucket (64 or 128)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "8"]
+    assert any((tmp_path / "tensorboard").iterdir())
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.float32)
+    assert hf.config.vocab_size == t.model.config.vocab_size
+    assert (tmp_path / "export" / "tokenizer_config.json").exists()
+
+
+def test_no_recompilation_after_second_step(tiny, tmp_path):
+    t = Trainer(_config(tiny, tmp_path, **{"data.bucket": 128, "train.max_steps": 5}))
+    t.train()
+    t.close()
+    assert t.trace_count == 1, f"traced {t.trace_count} times with one bucket"
+
+
+@pytest.mark.parametrize("changes", [
+    {"reference.mode": "precompute"},
+    {"reference.mode": "none"},
+    {"loss.a_tok": 1.0, "weights.source": "uniform"},
+    {"loss.a_tok": 1.0, "weights.source": "dynamic", "data.train": "pairs_alt"},
+    {"optim.grad_accum": 2},
+    {"loss.loss_type": "ipo"},
+])
+def test_variants_train(tiny, tmp_path, changes):
+    changes = dict(changes)
+    if changes.get("data.train") == "pairs_alt":
+        changes["data.train"] = str(tiny["pairs_alt"])
+    t = Trainer(_config(tiny, tmp_path, **{"train.max_steps": 3, **changes}))
+    m = t.train()
+    t.close()
+    assert np.isfinite(m["loss"])
+
+
+def test_precomputed_reference_equals_online(tiny, tmp_path):
+    online = Trainer(_config(tiny, tmp_path / "a", **{"train.max_steps": 3, "train.shuffle": False}))
+    pre = Trainer(_config(tiny, tmp_path / "b", **{"train.max_steps": 3, "train.shuffle": False,
+                                                   "reference.mode": "precompute"}))
+    m1, m2 = online.train(), pre.train()
+    online.close()
+    pre.close()
+    assert abs(m1["loss"] - m2["loss"]) < 1e-5
+    assert (tmp_path / "b" / "ref_cache").exists()
+    # A second run reuses the cache (same model files and tokens).
+    again = Trainer(_config(tiny, tmp_path / "c", **{"train.max_steps": 1, "reference.mode": "precompute",
+                                                     "reference.cache_dir": str(tmp_path / "b" / "ref_cache")}))
+    again.close()
+    assert len(list((tmp_path / "b" / "ref_cache").iterdir())) == 1
+
+
+def test_sft_objective(tiny, tmp_path):
+    t = Trainer(_config(tiny, tmp_path, **{"objective": "sft", "data.train": str(tiny["sft"]),
+                                            "train.max_steps": 6}))
+    m = t.train()
+    t.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert np.isfinite(m["loss"])
+
+
+def test_nan_stops_with_step_and_metric(tiny, tmp_path):
+    t = Trainer(_config(tiny, tmp_path, **{"optim.lr": float("nan"), "train.max_steps": 4}))
+    with pytest.raises(NonFiniteError, match=r"step [12]: loss"):
+        t.train()
+    t.close()
+
+
+def test_bad_row_names_file_row_and_field(tiny, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    rows = tiny["pairs"].read_text().splitlines()
+    row = json.loads(rows[2])
+    row["chosen"] = ""
+    rows[2] = json.dumps(row)
+    bad.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl.*(line|row) 2.*chosen"):
+        Trainer(_config(tiny, tmp_path / "w", **{"data.train": str(bad)}))
+    t = Trainer(_config(tiny, tmp_path / "w2", **{"data.train": str(bad), "data.on_error": "skip",
+                                                  "train.max_steps": 1}))
+    assert len(t.data.train_loader.examples) == 15
+    t.close()
+
+
+def test_unknown_config_key_is_named():
+    c = base_config()
+    c.lock()
+    with pytest.raises(AttributeError, match="optim.lrr|lrr"):
+        c.optim.lrr = 1.0
+
+
+def test_incompatible_options_are_explained(tiny, tmp_path):
+    with pytest.raises(ValueError, match="label_smoothing"):
+        Trainer(_config(tiny, tmp_path, **{"loss.loss_type": "ipo", "loss.label_smoothing": 0.1}))
+    with pytest.raises(ValueError, match="weights.source='dataset'"):
+        Trainer(_config(tiny, tmp_path, **{"loss.a_tok": 1.0}))
