@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
@@ -62,8 +63,12 @@ class Trainer:
                                                       self.graphdef, self.params, self.cfg)
         self.total_steps = self.data.total_steps
         self.tx, self.schedule = make_optimizer(c.optim, self.total_steps)
-        self.opt_state = jax.jit(self.tx.init)(self.params)
-        self.opt_shardings = jax.tree.map(lambda x: x.sharding, self.opt_state)
+        # Moments follow their parameters' shardings; scalars (step counts) are replicated.
+        replicated = NamedSharding(self.mesh, P())
+        self.opt_shardings = optax.tree_utils.tree_map_params(
+            self.tx, lambda _, sharding: sharding, jax.eval_shape(self.tx.init, self.params),
+            self.param_shardings, transform_non_params=lambda _: replicated)
+        self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
         # The reference is a separate copy: the policy's buffers are donated to each step.
         self.ref_params = (jax.tree.map(jnp.copy, self.params)
                            if self.cfg.reference == "online" else None)
