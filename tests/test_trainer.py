@@ -149,3 +149,36 @@ def test_incompatible_options_are_explained(tiny, tmp_path):
         Trainer(_config(tiny, tmp_path, **{"loss.loss_type": "ipo", "loss.label_smoothing": 0.1}))
     with pytest.raises(ValueError, match="weights.source='dataset'"):
         Trainer(_config(tiny, tmp_path, **{"loss.a_tok": 1.0}))
+
+
+def test_export_cli_writes_latest_checkpoint(tiny, tmp_path):
+    from musc_jax.export import export_checkpoint
+    c = _config(tiny, tmp_path, **{"train.max_steps": 2, "export.enabled": False})
+    t = Trainer(c)
+    t.train()
+    expected = {k: np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(t.params)}
+    t.close()
+    out = export_checkpoint(c, tmp_path / "exported")
+    from musc_jax.models import from_pretrained
+    from flax import nnx
+    again = nnx.state(from_pretrained(out))
+    got = {k: np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(again)}
+    assert expected.keys() == got.keys()
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k])
+
+
+def test_cli_runs_with_overrides_and_names_unknown_keys(tiny, tmp_path):
+    import subprocess
+    import sys
+    base = [sys.executable, "-m", "musc_jax.train", "--config", "configs/dpo.py",
+            f"--config.model.path={tiny['model']}", f"--config.data.train={tiny['pairs']}",
+            f"--config.workdir={tmp_path}", "--config.loss.a_tok=0", "--config.train.max_steps=2",
+            "--config.train.batch_size=4", "--config.data.max_length=128",
+            "--config.data.max_prompt_length=64"]
+    ok = subprocess.run(base, capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert (tmp_path / "export" / "config.json").exists()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    bad = subprocess.run(base + ["--config.optim.lrr=1"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "lrr" in bad.stderr
