@@ -287,7 +287,9 @@ def _flip_relation(type_id: str, rel_key: str) -> Callable[[Mapping[str, Any]], 
 
 
 def _keywords(rng: random.Random, pool: ArgPool) -> list[str]:
-    return rng.sample(list(pool.words), rng.randint(1, 2))
+    if not pool.words:
+        raise ValueError("ArgPool.words is empty; keyword constraints need at least one word")
+    return rng.sample(list(pool.words), rng.randint(1, min(2, len(pool.words))))
 
 
 def _rel(rng: random.Random) -> str:
@@ -618,8 +620,9 @@ def _symmetric(table: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
 
 
 # Type-level conflicts: IFEval's own table (made symmetric), plus pairs for the microworld
-# types and a few IFEval pairs it misses (e.g. a postscript and a fixed end phrase both claim
-# the end of the response).
+# types and a few IFEval pairs it misses: a postscript and a fixed end phrase both claim the end
+# of the response; a start word cannot follow a title, a quote or a repeated prompt; bullet
+# lines and JSON make sentence counts ill-defined.
 _EXTRA_CONFLICTS = {
     "change_case:english_lowercase": {"change_case:english_capital"},
     "detectable_format:json_format": {"detectable_format:number_bullet_lists",
@@ -633,7 +636,7 @@ _EXTRA_CONFLICTS = {
                                    "detectable_format:constrained_response",
                                    "detectable_format:number_bullet_lists"},
 }
-_CONFLICTS = _symmetric({**{k: set(v) for k, v in INSTRUCTION_CONFLICTS.items()}})
+_CONFLICTS = _symmetric(INSTRUCTION_CONFLICTS)
 for _a, _bs in _symmetric(_EXTRA_CONFLICTS).items():
     _CONFLICTS.setdefault(_a, set()).update(_bs)
 
