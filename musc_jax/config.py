@@ -44,6 +44,7 @@ def base_config() -> ConfigDict:
         max_prompt_length=256,
         truncation="error",  # too-long rows: "error", "skip" (counted) or "truncate"
         bucket=64,          # sequence lengths are padded to multiples of this
+        sort_window=0,      # > 0: sort each window of this many batches by length (less padding)
     ))
     lc = LossConfig.preset("musc")
     c.loss = ConfigDict(dict(beta=lc.beta, loss_type=lc.loss_type, label_smoothing=lc.label_smoothing,

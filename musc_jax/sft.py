@@ -16,19 +16,12 @@ from musc_jax.cli import define_config_flag, main_with_config
 _CONFIG = define_config_flag()
 
 
-def run_sft(config) -> dict[str, float]:
-    """Train `config` with the SFT objective; export and return the final metrics."""
-    from musc_jax.trainer import run
-    with config.unlocked():
-        config.objective = "sft"
-    return run(config)
-
-
 def _body(config) -> None:
     if "sft_pipeline" in config:
         from musc_jax.microworld.build import build_base_model
         build_base_model(config)
         return
+    from musc_jax.trainer import run_sft
     metrics = run_sft(config)
     if jax.process_index() == 0:
         logging.getLogger("musc_jax.sft").info("final metrics: %s", json.dumps(metrics))

@@ -204,6 +204,13 @@ def run(config: ConfigDict, pair_loss: Callable | None = None) -> dict[str, floa
         trainer.close()
 
 
+def run_sft(config: ConfigDict) -> dict[str, float]:
+    """Train `config` with the SFT objective; export and return the final metrics."""
+    with config.unlocked():
+        config.objective = "sft"
+    return run(config)
+
+
 def tree_bytes_per_device(tree: Any) -> dict[Any, int]:
     """Bytes of `tree`'s arrays held by each device (for memory checks and the planner)."""
     out: dict[Any, int] = {}

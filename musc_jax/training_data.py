@@ -221,7 +221,8 @@ def build_training_data(c: ConfigDict, tokenizer, mesh: Mesh, graphdef, params, 
 
     loader = PairLoader(train, c.train.batch_size, seed=c.seed, shuffle=c.train.shuffle,
                         process_index=jax.process_index(), process_count=jax.process_count(),
-                        bucket=c.data.bucket, max_length=c.data.max_length)
+                        bucket=c.data.bucket, max_length=c.data.max_length,
+                        sort_window=c.data.sort_window)
     total = c.train.epochs * len(loader)
     if c.train.max_steps > 0:
         total = min(total, c.train.max_steps) if c.train.epochs > 0 else c.train.max_steps

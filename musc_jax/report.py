@@ -1,0 +1,98 @@
+"""The short report of a pipeline run: a markdown summary and a PNG of curves and accuracies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+METRICS = ("prompt_level_strict", "instruction_level_strict", "prompt_level_loose",
+           "instruction_level_loose")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _levels(result: Mapping[str, Any]) -> dict[int, float]:
+    out = {}
+    for level, v in (result.get("by_level") or {}).items():
+        out[int(level)] = v["prompt_level_strict"] if isinstance(v, Mapping) else float(v)
+    return dict(sorted(out.items()))
+
+
+def plot(workdir: Path, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None,
+         metrics: list[dict[str, Any]], out: Path) -> Path:
+    """Training loss / margin / accuracy curves and prompt-level accuracy by level."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [m for m in metrics if m.get("split") == "train"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    steps = [m["step"] for m in train]
+    for key in ("loss", "loss/seq", "loss/tok"):
+        if train and key in train[0]:
+            axes[0].plot(steps, [m[key] for m in train], label=key)
+    axes[0].set_title("training loss")
+    axes[0].set_xlabel("step")
+    axes[0].legend()
+    for key in ("rewards/margins", "rewards/accuracies"):
+        if train and key in train[0]:
+            axes[1].plot(steps, [m[key] for m in train], label=key)
+    axes[1].set_title("reward margin and accuracy")
+    axes[1].set_xlabel("step")
+    axes[1].legend()
+    width = 0.38
+    for offset, (name, res) in zip((-width / 2, width / 2), (("before", before), ("after", after))):
+        if res:
+            lv = _levels(res)
+            axes[2].bar([k + offset for k in lv], [100 * v for v in lv.values()], width, label=name)
+    axes[2].set_title("prompt-level strict accuracy by level (%)")
+    axes[2].set_xlabel("level (number of constraints)")
+    axes[2].legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def comparison_table(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> str:
+    """Markdown table: overall metrics and prompt-level accuracy by level, before vs after."""
+    rows = ["| metric | before | after | change |", "|---|---|---|---|"]
+    for key in METRICS:
+        b = before.get(key) if before else None
+        a = after.get(key) if after else None
+        delta = "-" if a is None or b is None else f"{100 * (a - b):+.1f}"
+        rows.append(f"| {key} | {_pct(b)} | {_pct(a)} | {delta} |")
+    lb, la = _levels(before or {}), _levels(after or {})
+    for level in sorted(set(lb) | set(la)):
+        b, a = lb.get(level), la.get(level)
+        delta = "-" if a is None or b is None else f"{100 * (a - b):+.1f}"
+        rows.append(f"| prompt-level strict, level {level} | {_pct(b)} | {_pct(a)} | {delta} |")
+    return "\n".join(rows)
+
+
+def write_report(workdir: Path, title: str, before: Mapping[str, Any] | None,
+                 after: Mapping[str, Any] | None, stats: Mapping[str, Any],
+                 timings: Mapping[str, float]) -> Path:
+    """`workdir/report.md` and `workdir/report.png`; returns the markdown path."""
+    workdir = Path(workdir)
+    metrics = read_metrics(workdir / "metrics.jsonl")
+    png = plot(workdir, before, after, metrics, workdir / "report.png")
+    lines = [f"# {title}", "", comparison_table(before, after), "",
+             f"![training curves and accuracy by level]({png.name})", "", "## Pair building", ""]
+    for k, v in stats.items():
+        if isinstance(v, (int, float, str, bool)):
+            lines.append(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}")
+    lines += ["", "## Time", ""] + [f"- {k}: {v:.0f} s" for k, v in timings.items()]
+    out = workdir / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
