@@ -133,8 +133,10 @@ def load_config_file(path: str, overrides: Sequence[str] = ()) -> ConfigDict:
     from ml_collections import config_flags
 
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", path, flag_values=fv, lock_config=True)
-    fv(["prog", f"--config={path}", *overrides])
+    argv = ["prog", f"--config={path}", *overrides]
+    # The override flags are read from `sys_argv` when the config flag is defined.
+    config_flags.DEFINE_config_file("config", path, flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv)
     return fv.config
 
 

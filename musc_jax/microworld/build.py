@@ -68,9 +68,12 @@ def build_base_model(config) -> Path:
     world = World(WORLD_SEED)
     held_out = eval_items(world)
     corpus = work / "sft.jsonl"
-    n = write_corpus(world, s.num_rows, s.seed, corpus, {i.text for i in held_out},
-                     CorpusConfig(p_first=s.p_first, p_last=s.p_last))
-    log.info("corpus: %d rows in %.0fs", n, time.time() - t0)
+    if s.reuse_corpus and corpus.exists():
+        log.info("reusing the corpus at %s", corpus)
+    else:
+        n = write_corpus(world, s.num_rows, s.seed, corpus, {i.text for i in held_out},
+                         CorpusConfig(p_first=s.p_first, p_last=s.p_last))
+        log.info("corpus: %d rows in %.0fs", n, time.time() - t0)
 
     rows = [json.loads(x) for x in open(corpus)][: s.tokenizer_rows]
     texts = [m["content"] for r in rows for m in r["prompt"]] + [r["response"] for r in rows]

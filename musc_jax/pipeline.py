@@ -1,0 +1,124 @@
+"""The whole recipe in one run: evaluate, build pairs with the model, train, evaluate, report.
+
+`python -m musc_jax.train --config configs/microworld.py` lands here (any config with a
+`pipeline` section does). For SPaR, `pipeline.iterations` rounds each rebuild pairs with the
+current actor (and refiner), train the actor with DPO + SFT against itself at the start of the
+round, and train the refiner by SFT on the round's refinement traces.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from musc_jax.microworld.assets import EVAL_SET, base_model_dir
+
+log = logging.getLogger(__name__)
+
+
+def _load(path: str):
+    from musc_jax.models import from_pretrained, load_tokenizer
+    return from_pretrained(path, dtype=jnp.float32), load_tokenizer(path)
+
+
+def _evaluate(config: ConfigDict, model_path: str, out: Path, items) -> dict[str, Any]:
+    from musc_jax.eval import evaluate, print_table
+    model, tok = _load(model_path)
+    e = config.eval
+    result = evaluate(model, tok, items, max_new_tokens=e.max_new_tokens, temperature=e.temperature,
+                      batch_size=e.batch_size, seed=e.seed)
+    d = result.to_dict(per_item=e.per_item)
+    if jax.process_index() == 0:
+        out.write_text(json.dumps(d, indent=2))
+        print_table(result)
+    return d
+
+
+def _train(config: ConfigDict, model_path: str, data: str, workdir: Path, objective: str) -> str:
+    """One training run from `model_path` on `data`; returns the exported model directory."""
+    from musc_jax.trainer import run
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.model.path = model_path
+        c.data.train = data
+        c.workdir = str(workdir)
+        c.objective = objective
+        c.export.enabled = True
+        if objective == "sft":
+            c.reference.mode = "none"
+            c.train.epochs = config.pipeline.refiner_epochs
+            c.optim.lr = config.pipeline.refiner_lr
+        for key in ("pipeline", "build", "eval"):
+            if key in c:
+                del c[key]
+    run(c)
+    return str(workdir / "export")
+
+
+def run_pipeline(config: ConfigDict) -> dict[str, Any]:
+    """Run the config's recipe end to end; returns {"before", "after", "stats"}."""
+    from musc_jax.data.builders.run import build_pairs
+    from musc_jax.data.policy import ModelPolicy
+    from musc_jax.eval import load_eval_items
+    from musc_jax.report import write_report
+
+    p = config.pipeline
+    workdir = Path(config.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_path = config.model.path or str(base_model_dir())
+    items = load_eval_items(config.eval.data or EVAL_SET)
+    if config.eval.limit:
+        items = items[: config.eval.limit]
+    timings: dict[str, float] = {}
+
+    t = time.time()
+    before = _evaluate(config, model_path, workdir / "eval_before.json", items) if p.eval_before else None
+    timings["eval before"] = time.time() - t
+
+    actor, refiner = model_path, model_path
+    stats: dict[str, Any] = {}
+    for it in range(1, p.iterations + 1):
+        round_dir = workdir if p.iterations == 1 else workdir / f"iteration_{it}"
+        t = time.time()
+        actor_model, tok = _load(actor)
+        policy = ModelPolicy(actor_model, tok, batch_size=p.generate_batch)
+        refiner_policy = None
+        if p.recipe == "spar" and refiner != actor:
+            ref_model, ref_tok = _load(refiner)
+            refiner_policy = ModelPolicy(ref_model, ref_tok, batch_size=p.generate_batch)
+        b = copy.deepcopy(config.build)
+        with b.unlocked():
+            b.model.path = actor
+            b.pairs.out_dir = str(round_dir / "build")
+            b.pairs.round = it
+            b.seed = config.seed * 1000 + it
+        extra = {"refiner": refiner_policy} if p.recipe == "spar" else {}
+        built = build_pairs(b, policy, model=actor_model, tokenizer=tok, **extra)
+        pairs_dir, stats = built.pairs_dir, built.stats
+        timings[f"pairs {it}"] = time.time() - t
+        t = time.time()
+        actor = _train(config, actor, str(pairs_dir), round_dir, "preference")
+        timings[f"train {it}"] = time.time() - t
+        refiner_data = Path(built.out_dir) / "refiner_sft.jsonl"
+        if p.recipe == "spar" and p.train_refiner and refiner_data.exists() and refiner_data.stat().st_size:
+            t = time.time()
+            refiner = _train(config, refiner, str(refiner_data), round_dir / "refiner", "sft")
+            timings[f"refiner {it}"] = time.time() - t
+        elif p.recipe == "spar" and not p.train_refiner:
+            refiner = actor  # shared weights: the trained actor also judges and refines
+
+    t = time.time()
+    after = _evaluate(config, actor, workdir / "eval_after.json", items) if p.eval_after else None
+    timings["eval after"] = time.time() - t
+    if jax.process_index() == 0:
+        report = write_report(workdir, f"microworld: {p.recipe}", before, after, stats, timings)
+        log.info("report: %s", report)
+    return {"before": before, "after": after, "stats": stats}
