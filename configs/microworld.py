@@ -44,6 +44,7 @@ def pipeline_config(recipe: str) -> ConfigDict:
         train_refiner=False,
         refiner_epochs=1,
         refiner_lr=1e-4,
+        eval_each_iteration=True,     # with iterations > 1: eval_iteration_<k>.json after each
     ))
     c.eval = eval_config()
     c.eval.max_new_tokens = 160

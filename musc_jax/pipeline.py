@@ -114,6 +114,10 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
             timings[f"refiner {it}"] = time.time() - t
         elif p.recipe == "spar" and not p.train_refiner:
             refiner = actor  # shared weights: the trained actor also judges and refines
+        if p.eval_each_iteration and p.iterations > 1 and it < p.iterations:
+            t = time.time()
+            _evaluate(config, actor, workdir / f"eval_iteration_{it}.json", items)
+            timings[f"eval {it}"] = time.time() - t
 
     t = time.time()
     after = _evaluate(config, actor, workdir / "eval_after.json", items) if p.eval_after else None
