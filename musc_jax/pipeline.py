@@ -105,7 +105,12 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
         pairs_dir, stats = built.pairs_dir, built.stats
         timings[f"pairs {it}"] = time.time() - t
         t = time.time()
-        actor = _train(config, actor, str(pairs_dir), round_dir, "preference")
+        n_pairs = int(stats.get("pairs", 0) or 0)
+        if n_pairs < config.train.batch_size:
+            log.warning("iteration %d: %d pairs, fewer than one batch of %d; the actor is not "
+                        "trained this round", it, n_pairs, config.train.batch_size)
+        else:
+            actor = _train(config, actor, str(pairs_dir), round_dir, "preference")
         timings[f"train {it}"] = time.time() - t
         refiner_data = Path(built.out_dir) / "refiner_sft.jsonl"
         if p.recipe == "spar" and p.train_refiner and refiner_data.exists() and refiner_data.stat().st_size:
