@@ -118,6 +118,8 @@ def response_token_logps(model, ids, attention_mask, response_mask, chunk: int =
     ids = jnp.asarray(ids, jnp.int32)
     h, _ = model.hidden_states(ids, jnp.asarray(attention_mask))
 
+    # Recomputed in the backward pass, so training keeps no [B, chunk, V] logits per chunk.
+    @jax.checkpoint
     def one(hc, tc):
         logits = model.logits(hc)
         target = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]

@@ -55,6 +55,7 @@ class Trainer:
         self.model = from_pretrained(c.model.path, dtype=dtype, mesh=self.mesh,
                                      compute_dtype=compute, remat=c.model.remat)
         self.tokenizer = load_tokenizer(c.model.tokenizer or c.model.path)
+        self.model.activation_sharding = NamedSharding(self.mesh, P(("data", "fsdp"), None, None))
         self.graphdef, params = nnx.split(self.model)
         self.param_shardings = state_shardings(params, self.mesh)
         self.params = params

@@ -164,6 +164,9 @@ class DecoderLM(nnx.Module):
         self.config = config
         self.dtype = dtype
         self.remat = remat
+        # Sharding of [B, T, E] activations (set by the trainer on a mesh): without it, XLA may
+        # gather the batch instead of the FSDP-sharded weights.
+        self.activation_sharding = None
         self.embed = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), param_dtype)
         self.layers = nnx.List([DecoderLayer(config, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                                 for i in range(config.num_layers)])
@@ -203,6 +206,8 @@ class DecoderLM(nnx.Module):
         call = _remat_layer_call if self.remat else _layer_call
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
+            if self.activation_sharding is not None:
+                x = jax.lax.with_sharding_constraint(x, self.activation_sharding)
             cache_kv = (cache.keys[i], cache.values[i]) if cache is not None else None
             x, (k, v) = call(layer, x, cos, sin, key_mask, q_slots, cache_kv, write_index)
             new_k.append(k)
