@@ -52,11 +52,12 @@ def pipeline_config(recipe: str) -> ConfigDict:
     c.eval.per_item = True
     c.eval.limit = 0                  # 0 = all 300 held-out instructions
     c.build = base_pairs_config("musc")
-    c.build.data.num_seeds = 480
+    c.build.data.num_seeds = 960
     c.build.data.levels = (2, 3, 4, 5)
-    c.build.pairs.shard_size = 96
+    c.build.pairs.shard_size = 192
     c.build.pairs.progress = False
     c.build.musc.decomposer = "given"
+    c.build.musc.negativity_filter = True   # keep pairs whose y- violates a corrupted constraint y+ keeps
     c.build.musc.max_new_tokens = 160
     c.build.weights.kind = "kl"
     c.build.weights.batch_size = 32

@@ -106,18 +106,13 @@ def test_activation_estimate_matches_xla_cpu(measured, mesh):
     r = measured["x".join(map(str, mesh))]
     ratio = r["planned_temp_xla_cpu"] / r["measured_temp"]
     # The XLA:CPU multiplicities were measured on other shapes (one device, precompute mode);
-    # here: online reference, data and tensor parallel meshes. 0.98-1.17 observed.
-    assert 0.75 <= ratio <= 1.25, r
+    # here: online reference, data, tensor and FSDP meshes (the issue asks for 20%).
+    assert 0.8 <= ratio <= 1.2, r
 
 
-@pytest.mark.xfail(reason="FSDP: XLA all-gathers the batch instead of the weights because the decoder "
-                          "puts no batch-sharding constraint on its activations (the embedding "
-                          "output inherits the fsdp-sharded hidden axis); the measured temporaries "
-                          "are 3-4x the plan until musc_jax/models/llama.py constrains them",
-                   strict=False)
 def test_fsdp_activation_estimate_matches_xla_cpu(measured):
     r = measured["1x8x1"]
-    assert 0.75 <= r["planned_temp_xla_cpu"] / r["measured_temp"] <= 1.25, r
+    assert 0.8 <= r["planned_temp_xla_cpu"] / r["measured_temp"] <= 1.2, r
 
 
 # ------------------------------------------------------------------------------ pure functions
