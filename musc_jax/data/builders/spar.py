@@ -56,6 +56,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from musc_jax.data.builders.musc import config_from
 from musc_jax.data.judge import (JUDGES, Judge, Judgement, JudgeStats, derive_seed,
                                  make_judge)
 from musc_jax.data.policy import Policy, Sampling
@@ -68,22 +69,10 @@ REFINE_SFT = ("last", "root", "both")
 
 def builder_config(cls, cfg: Any, name: str):
     """`cls` (a dataclass) from None, an instance, a dict, an ml_collections ConfigDict or another
-    dataclass; an unknown key raises ValueError naming it."""
-    if cfg is None:
-        return cls()
-    if isinstance(cfg, cls):
-        return cfg
-    if hasattr(cfg, "to_dict"):
-        d = cfg.to_dict()
-    elif dataclasses.is_dataclass(cfg):
-        d = dataclasses.asdict(cfg)
-    else:
-        d = dict(cfg)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {name} config key(s) {unknown}; expected some of {sorted(known)}")
-    return cls(**d)
+    dataclass; an unknown key raises ValueError naming it (`name` is kept for callers' clarity)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, (cls, type)):
+        cfg = dataclasses.asdict(cfg)
+    return config_from(cls, cfg)
 
 
 @dataclasses.dataclass(frozen=True)
