@@ -8,14 +8,10 @@ model, and keeps the step when the verifier accepts the answer. Each accepted st
 pair (x_k, chosen y_k, rejected y_{k-1}). Loss: a_seq=1, a_tok=0.
 """
 
-import importlib.util
-from pathlib import Path
-
+from musc_jax.config import config_module
 from musc_jax.data.builders.run import base_pairs_config
 
-_spec = importlib.util.spec_from_file_location("microworld", Path(__file__).with_name("microworld.py"))
-_mw = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mw)
+_mw = config_module(__file__, "microworld.py")
 
 
 def get_config():

@@ -11,14 +11,11 @@ the start of the iteration. Actor and refiner share weights by default
 `--config.build.spar.judge=verifier` makes the judge the programmatic verifier (ablation).
 """
 
-import importlib.util
-from pathlib import Path
-
 from ml_collections import ConfigDict
 
-_spec = importlib.util.spec_from_file_location("microworld", Path(__file__).with_name("microworld.py"))
-_mw = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mw)
+from musc_jax.config import config_module
+
+_mw = config_module(__file__, "microworld.py")
 
 
 def get_config():

@@ -10,17 +10,8 @@ MuSC pairs with token weights (musc_jax.pairs)
 batch and sequence lengths are shared with configs/llama3_8b_musc.py and documented there.
 """
 
-import importlib.util
-from pathlib import Path
-
-
-def _scale_out():
-    path = Path(__file__).with_name("llama3_8b_musc.py")
-    spec = importlib.util.spec_from_file_location("musc_scale_out_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.scale_out_config
+from musc_jax.config import config_module
 
 
 def get_config(hardware: str = "v5p64"):
-    return _scale_out()("qwen2_7b", "musc", hardware)
+    return config_module(__file__, "llama3_8b_musc.py").scale_out_config("qwen2_7b", "musc", hardware)

@@ -142,3 +142,16 @@ def load_config_file(path: str, overrides: Sequence[str] = ()) -> ConfigDict:
 
 def to_dict(c: ConfigDict) -> dict:
     return ml_collections.ConfigDict(c).to_dict()
+
+
+def config_module(config_file: str, sibling: str):
+    """The config module `sibling` (a file beside `config_file`), so one config file can build on
+    another's functions without configs/ being a package."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(config_file).with_name(sibling)
+    spec = importlib.util.spec_from_file_location(f"musc_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
