@@ -117,6 +117,15 @@ def test_write_refuses_existing_dir_unless_overwrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]      # no temp dirs left behind
 
 
+def test_write_and_read_no_rows(tmp_path):
+    """A build that keeps no pairs still writes a readable (empty) dataset, Arrow and JSONL."""
+    out = write_pairs([], tmp_path / "none")
+    assert len(read_pairs(out)) == 0
+    assert (out / "pairs.jsonl").read_text() == ""
+    import datasets
+    assert set(datasets.load_from_disk(str(out)).column_names) >= {"prompt", "chosen", "rejected"}
+
+
 def test_write_validates_rows(tmp_path):
     with pytest.raises(PairsFormatError, match=r"row 1: field 'rejected': empty response"):
         write_pairs([_full_row(), {**_full_row(), "rejected": "  "}], tmp_path / "p")

@@ -476,7 +476,8 @@ def _quiet_save(ds, path: Path) -> None:
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        ds.save_to_disk(str(path))
+        # An empty table would be saved as zero shards, which load_from_disk cannot read back.
+        ds.save_to_disk(str(path), num_shards=1 if len(ds) == 0 else None)
     finally:
         if not was_disabled:
             datasets.enable_progress_bars()
@@ -502,7 +503,10 @@ def write_pairs(rows: Iterable[Mapping], out_dir: str | os.PathLike, *, overwrit
         raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
     normalised = [normalize_pair(r, row=i) for i, r in enumerate(rows)]
     records = [_to_record(r, f"<rows>: row {i}", True) for i, r in enumerate(normalised)]
-    ds = datasets.Dataset.from_list(records, features=_features())
+    features = _features()
+    # from_list([]) infers an empty schema that contradicts `features`; from_dict keeps it.
+    ds = (datasets.Dataset.from_list(records, features=features) if records
+          else datasets.Dataset.from_dict({k: [] for k in features}, features=features))
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -52,7 +52,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -277,24 +276,15 @@ def spar_iteration(seeds: Sequence[Seed], actor: Policy, cfg: Any = None, seed: 
                    overwrite: bool = False) -> SparResult:
     """One SPaR iteration's data for the driver: actor pairs + refiner SFT rows.
 
-    With `out_dir`: writes `out_dir/pairs` (pairs_io.write_pairs: Arrow + pairs.jsonl; only the
-    empty pairs.jsonl when there are no pairs),
+    With `out_dir`: writes `out_dir/pairs` (pairs_io.write_pairs: Arrow + pairs.jsonl, possibly
+    with no rows),
     `out_dir/refiner_sft.jsonl` and `out_dir/stats.json` (the numeric stats).
     """
     res = build_spar(seeds, actor, cfg, seed, refiner=refiner, judge=judge, round=round)
     if out_dir is not None:
-        from musc_jax.data.pairs_io import JSONL_NAME, write_pairs, write_pairs_jsonl
+        from musc_jax.data.pairs_io import write_pairs
         out = Path(out_dir)
-        if res.rows:
-            write_pairs(res.rows, out / "pairs", overwrite=overwrite)
-        else:
-            # An iteration can yield no pairs; write_pairs cannot store an empty Arrow table,
-            # so the pairs directory then holds an empty pairs.jsonl (read_pairs reads 0 rows).
-            if (out / "pairs").exists() and not overwrite:
-                raise FileExistsError(f"{out / 'pairs'} exists (pass overwrite=True to replace it)")
-            if (out / "pairs").exists():
-                shutil.rmtree(out / "pairs")
-            write_pairs_jsonl([], out / "pairs" / JSONL_NAME)
+        write_pairs(res.rows, out / "pairs", overwrite=overwrite)   # an iteration may yield none
         sft_path = out / "refiner_sft.jsonl"
         if sft_path.exists() and not overwrite:
             raise FileExistsError(f"{sft_path} exists (pass overwrite=True to replace it)")
