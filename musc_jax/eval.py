@@ -487,7 +487,8 @@ def run_eval(config) -> EvalResult:
         mesh = make_mesh(**config.mesh)
     dtype = jnp.dtype(_get(config, "model.param_dtype", "float32"))
     model = from_pretrained(config.model.path, dtype=dtype, mesh=mesh)
-    tokenizer = load_tokenizer(_get(config, "model.tokenizer", "") or config.model.path)
+    tokenizer = load_tokenizer(_get(config, "model.tokenizer", "") or config.model.path,
+                               model.config.vocab_size)
     settings = dict(
         max_new_tokens=int(config.eval.max_new_tokens),
         temperature=float(config.eval.temperature),

@@ -184,3 +184,13 @@ def test_no_weights(llama_dir):
     (llama_dir / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         from_pretrained(llama_dir)
+
+
+def test_tokenizer_larger_than_model_vocab_is_refused(tmp_path):
+    """Ids past the embedding table would read NaN inside jit; the pairing is refused at load."""
+    from toy_tokenizer import make_toy_tokenizer
+    from musc_jax.models import load_tokenizer
+    tok = make_toy_tokenizer(tmp_path, vocab_size=256)
+    assert len(load_tokenizer(tmp_path, vocab_size=len(tok))) == len(tok)
+    with pytest.raises(ConfigError, match=rf"tokenizer has {len(tok)} tokens but the model's vocab_size is 128"):
+        load_tokenizer(tmp_path, vocab_size=128)

@@ -257,10 +257,20 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, max_shard_size: int |
     return out
 
 
-def load_tokenizer(path: str | Path):
-    """The tokenizer (with its chat template) stored in an HF directory."""
+def load_tokenizer(path: str | Path, vocab_size: int | None = None):
+    """The tokenizer (with its chat template) stored in an HF directory.
+
+    With `vocab_size` (the model's), a tokenizer that can emit ids the model has no embedding for
+    is refused here: inside the jitted model such ids would silently read NaN embeddings.
+    """
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ConfigError(
+            f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{vocab_size}; use the tokenizer the model was trained with (model.tokenizer) or "
+            f"resize the model's embeddings")
+    return tokenizer
 
 
 def init_model(cfg: ModelConfig, seed: int = 0, dtype=jnp.float32, mesh: Mesh | None = None,

@@ -252,7 +252,7 @@ def load_model_policy(model_cfg: ConfigDict, path: str | None = None) -> ModelPo
             f"{path}: no HF model directory (config.json missing); set model.path (the microworld "
             "base model is built by python -m musc_jax.sft --config configs/microworld_sft.py)")
     model = from_pretrained(path, dtype=jnp.dtype(model_cfg.param_dtype))
-    tokenizer = load_tokenizer((model_cfg.tokenizer or path) if own else path)
+    tokenizer = load_tokenizer((model_cfg.tokenizer or path) if own else path, model.config.vocab_size)
     return ModelPolicy(model, tokenizer, batch_size=int(model_cfg.batch_size))
 
 
