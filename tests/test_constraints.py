@@ -2,6 +2,10 @@
 rendering, negation and compatibility behave."""
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import random
 
 import pytest
@@ -230,3 +234,31 @@ def test_compatibility_rules():
     for a in cons:  # symmetric
         for b in cons:
             assert C.compatible(a, b) == C.compatible(b, a)
+
+
+def _run_without_nltk_env(code: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "NLTK_DATA"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tempfile.gettempdir(), timeout=120)
+
+
+def test_nltk_data_is_found_without_NLTK_DATA():
+    """The README's main command sets no NLTK_DATA: the verifiers find ../shared/nltk_data."""
+    proc = _run_without_nltk_env(
+        "from musc_jax.data.constraints import make, verify\n"
+        "print(verify('One here. Two here.', make('microworld:exact_sentences', num_sentences=2)))")
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
+
+
+def test_missing_nltk_data_names_what_to_set():
+    proc = _run_without_nltk_env(
+        "import nltk\n"
+        "try:\n    nltk.data.find('tokenizers/punkt_tab/english/'); print('INSTALLED')\n"
+        "except LookupError:\n    pass\n"
+        "from musc_jax.data import constraints as C\n"
+        "C.SHARED_NLTK_DATA = ()\n"
+        "C.verify('One. Two.', C.make('microworld:exact_sentences', num_sentences=2))")
+    if "INSTALLED" in proc.stdout:
+        pytest.skip("this machine has NLTK's punkt_tab installed system-wide")
+    assert proc.returncode != 0
+    assert "set NLTK_DATA to a directory holding tokenizers/punkt_tab" in proc.stderr

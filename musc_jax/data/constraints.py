@@ -14,10 +14,12 @@ None and the corrupter (`recombine.corrupt`) falls back to substitution, then to
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import langdetect
@@ -240,13 +242,41 @@ def _start_word(response: str, kwargs: Mapping[str, Any], loose: bool) -> bool:
     return first == str(kwargs["first_word"]).strip().lower()
 
 
+# Where this project keeps the NLTK data the IFEval verifiers need (punkt_tab, stopwords) when
+# NLTK_DATA is not set: the `shared/` directory beside the checkout.
+SHARED_NLTK_DATA = (Path(__file__).resolve().parents[3] / "shared" / "nltk_data",
+                    Path.cwd().parent / "shared" / "nltk_data")
+
+
+@functools.cache
+def _find_nltk_data() -> None:
+    """Add the project's shared NLTK data to nltk's search path when nltk cannot find punkt_tab."""
+    import nltk
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return
+    except LookupError:
+        pass
+    for candidate in SHARED_NLTK_DATA:
+        if (candidate / "tokenizers" / "punkt_tab").is_dir() and str(candidate) not in nltk.data.path:
+            nltk.data.path.append(str(candidate))
+            return
+
+
 def verify(response: str, c: Constraint, loose: bool = False) -> bool | None:
     """True/False for a verifiable constraint, None ("unknown") for free text."""
     validate(c)
     ctype = REGISTRY[c.id]
     if ctype.verifier is None:
         return None
-    return bool(ctype.verifier(response, c.kwargs, loose))
+    _find_nltk_data()
+    try:
+        return bool(ctype.verifier(response, c.kwargs, loose))
+    except LookupError as e:   # nltk's "Resource ... not found"
+        raise LookupError(
+            f"verifying {c.id!r} needs NLTK data (punkt_tab, stopwords) that nltk cannot find and "
+            f"cannot download here: set NLTK_DATA to a directory holding tokenizers/punkt_tab and "
+            f"corpora/stopwords (this project keeps them in ../shared/nltk_data)") from e
 
 
 def verify_all(response: str, constraints: Sequence[Constraint],
