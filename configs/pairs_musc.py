@@ -13,7 +13,7 @@ Keys (all defaults in musc_jax.data.builders.run.base_pairs_config):
   musc.*                    MuscConfig: decomposer (rule | self | given), min_constraints,
                             corrupt_rate, p_drop / p_negate / p_substitute, composer (template |
                             self), compose_style, temperature (0.5), top_p, top_k, max_new_tokens,
-                            negativity_filter, keep_unverifiable, drop_identical, ...
+                            negativity_filter, shared_filter, keep_unverifiable, drop_identical, ...
   weights.*                 kind (kl | bikl | prob_diff | diff | uniform | none), w_max, w_hi, w_lo,
                             ref_logps, batch_size, chunk, max_length, max_prompt_length, bucket
   ecd.*, teacher.path       used when pairs.method="ecd" (see configs/pairs_ecd.py)

@@ -4,6 +4,10 @@
 `pipeline` section does). For SPaR, `pipeline.iterations` rounds each rebuild pairs with the
 current actor (and refiner), train the actor with DPO + SFT against itself at the start of the
 round, and train the refiner by SFT on the round's refinement traces.
+
+`pipeline.pairs=DIR` skips the build and trains on pairs built before (a `build/pairs` directory
+of an earlier run, or any pairs dataset); ablations that differ only in the loss or the token
+weights share one build this way.
 """
 
 from __future__ import annotations
@@ -63,6 +67,23 @@ def _train(config: ConfigDict, model_path: str, data: str, workdir: Path, object
     return str(workdir / "export")
 
 
+def _given_pairs(path: str) -> tuple[str, dict[str, Any]]:
+    """The pairs set behind `pipeline.pairs` and its build stats (from a `stats.json` beside it)."""
+    pairs = Path(path)
+    if not pairs.exists():
+        raise FileNotFoundError(f"config pipeline.pairs={path!r} does not exist: point it at the "
+                                f"build/pairs directory of an earlier run, or set it to ''")
+    for candidate in (pairs / "stats.json", pairs.parent / "stats.json"):
+        if candidate.is_file():
+            stats = json.loads(candidate.read_text())
+            break
+    else:
+        stats = {}
+    stats = dict(stats, pairs_dir=str(pairs), reused=True)
+    log.info("pipeline: training on the given pairs %s (no build)", pairs)
+    return str(pairs), stats
+
+
 def run_pipeline(config: ConfigDict) -> dict[str, Any]:
     """Run the config's recipe end to end; returns {"before", "after", "stats"}."""
     from musc_jax.data.builders.run import build_pairs
@@ -78,6 +99,13 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
     if config.eval.limit:
         items = items[: config.eval.limit]
     timings: dict[str, float] = {}
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+    given = p.get("pairs", "")
+    if given and p.iterations != 1:
+        raise ValueError(f"config pipeline.pairs={given!r} trains once on fixed pairs, but "
+                         f"pipeline.iterations={p.iterations}: set iterations=1 or pairs=''")
+    given_pairs = _given_pairs(given) if given else None   # checked before the slow evaluation
 
     t = time.time()
     before = _evaluate(config, model_path, workdir / "eval_before.json", items) if p.eval_before else None
@@ -85,7 +113,12 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
 
     actor, refiner = model_path, model_path
     stats: dict[str, Any] = {}
-    for it in range(1, p.iterations + 1):
+    if given_pairs:
+        pairs_dir, stats = given_pairs
+        t = time.time()
+        actor = _train(config, actor, pairs_dir, workdir, "preference")
+        timings["train 1"] = time.time() - t
+    for it in range(1, 0 if given else p.iterations + 1):
         round_dir = workdir if p.iterations == 1 else workdir / f"iteration_{it}"
         t = time.time()
         actor_model, tok = _load(actor)

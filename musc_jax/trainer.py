@@ -54,7 +54,7 @@ class Trainer:
         compute = jnp.dtype(c.model.compute_dtype) if c.model.compute_dtype else dtype
         self.model = from_pretrained(c.model.path, dtype=dtype, mesh=self.mesh,
                                      compute_dtype=compute, remat=c.model.remat)
-        self.tokenizer = load_tokenizer(c.model.tokenizer or c.model.path)
+        self.tokenizer = load_tokenizer(c.model.tokenizer or c.model.path, self.model.config.vocab_size)
         self.model.activation_sharding = NamedSharding(self.mesh, P(("data", "fsdp"), None, None))
         self.graphdef, params = nnx.split(self.model)
         self.param_shardings = state_shardings(params, self.mesh)
@@ -125,6 +125,9 @@ class Trainer:
     def train(self) -> dict[str, float]:
         """Run to `total_steps`; returns the last step's metrics (host floats)."""
         c = self.config
+        if jax.process_index() == 0:   # what this run trained with, beside its metrics
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            (self.workdir / "train_config.json").write_text(c.to_json_best_effort(indent=1) + "\n")
         writer = MetricsWriter(self.workdir, self.total_steps, initial_step=self.step)
         last: dict[str, float] = {}
         pending = None  # (step, device metrics, start time): fetched one step late, no stall

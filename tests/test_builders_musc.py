@@ -109,10 +109,15 @@ def test_self_decomposer_parse_failures_counted_and_dropped():
                                                          "keywords:existence"}
 
 
-def test_negativity_filter():
+def _otter_seeds(n: int = 12):
+    """n two-constraint seeds (no comma, lowercase) for the filter tests."""
     no_comma, lower = make("punctuation:no_comma"), make("change_case:english_lowercase")
-    seeds = [Seed(f"Describe the otter {i}.", task=f"Describe the otter {i}.",
-                  constraints=[no_comma, lower]) for i in range(12)]
+    return no_comma, lower, [Seed(f"Describe the otter {i}.", task=f"Describe the otter {i}.",
+                                  constraints=[no_comma, lower]) for i in range(n)]
+
+
+def test_negativity_filter():
+    no_comma, lower, seeds = _otter_seeds()
 
     def reply(conv, k, seed):
         # Follows both constraints when the instruction mentions commas; else breaks both.
@@ -135,3 +140,29 @@ def test_negativity_filter():
         assert n["negative"] and n["per_constraint"] == [
             {"id": no_comma.id, "chosen": True, "rejected": False}]
     assert st["rates"]["negative_rate"] == st_all["rates"]["negative_rate"]   # always reported
+
+
+def test_shared_filter_drops_pairs_that_teach_breaking_a_kept_constraint():
+    no_comma, lower, seeds = _otter_seeds()
+
+    def reply(conv, k, seed):
+        # With both constraints asked: lowercase with a comma (y+ breaks the shared no-comma);
+        # with one asked: follows exactly that one.
+        x = _instruction(conv)
+        if "comma" in x and "lowercase" in x:
+            return f"the otter, small {len(x)}"
+        return f"the otter is small {len(x)}" if "lowercase" in x else f"The otter is Small {len(x)}"
+
+    cfg = dict(decomposer="given", p_drop=1.0, p_negate=0.0, p_substitute=0.0, corrupt_rate=0.3)
+    rows_all, st_all = build_musc(seeds, ScriptedPolicy(reply), cfg, seed=0)
+    rows, st = build_musc(seeds, ScriptedPolicy(reply), {**cfg, "shared_filter": True}, seed=0)
+    # Dropping lowercase keeps no_comma shared: y- ("The otter is Small") follows it, y+ breaks it.
+    regress = [r for r in rows_all if r["corrupted"][0]["original"]["id"] == lower.id]
+    assert 0 < len(regress) < 12 and len(rows_all) == 12
+    for r in rows_all:
+        expected = [no_comma.id] if r in regress else []
+        assert r["meta"]["negativity"]["shared_regressions"] == expected
+    assert st_all["negativity"]["shared_clean"] == 12 - len(regress)
+    assert st_all["rates"]["shared_clean_rate"] == pytest.approx((12 - len(regress)) / 12)
+    assert len(rows) == 12 - len(regress) and st["dropped"]["shared_regression"] == len(regress)
+    assert all(r["corrupted"][0]["original"]["id"] == no_comma.id for r in rows)

@@ -72,7 +72,7 @@ def test_default_run_smoke(tmp_path):
     if not (BASE_MODEL / "config.json").exists():
         pytest.fail(f"{BASE_MODEL} is missing; rebuild it with configs/microworld_sft.py")
     cmd = [sys.executable, "-m", "musc_jax.train", "--config", "configs/microworld.py",
-           f"--config.workdir={tmp_path}", "--config.build.data.num_seeds=16",
+           f"--config.workdir={tmp_path}", "--config.build.data.num_seeds=32",
            "--config.build.pairs.shard_size=8", "--config.build.musc.max_new_tokens=64",
            "--config.eval.limit=20", "--config.eval.max_new_tokens=64",
            "--config.train.batch_size=4", "--config.train.epochs=1"]
@@ -87,4 +87,31 @@ def test_default_run_smoke(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "prompt_level_strict" in report and (tmp_path / "report.png").stat().st_size > 1000
     stats = json.loads((tmp_path / "build" / "stats.json").read_text())
-    assert stats["pairs"] > 0
+    assert stats["pairs"] >= 4, "too few pairs for one batch: the policy was not trained"
+    assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "export" / "config.json").exists()
+    assert json.loads((tmp_path / "config.json").read_text())["pipeline"]["recipe"] == "musc"
+
+    # An ablation trains on these pairs without building again (what the experiment script does).
+    again = tmp_path / "reuse"
+    proc = subprocess.run([*cmd, f"--config.workdir={again}", "--config.pipeline.eval_before=False",
+                           f"--config.pipeline.pairs={tmp_path / 'build' / 'pairs'}",
+                           "--config.weights.source=dynamic"],
+                          capture_output=True, text=True, timeout=600, cwd=str(BASE_MODEL.parents[3]))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not (again / "build").exists() and (again / "eval_after.json").exists()
+    assert f"pairs: {stats['pairs']}" in (again / "report.md").read_text()
+
+
+def test_pipeline_refuses_missing_given_pairs(tmp_path):
+    from musc_jax.config import load_config_file
+    from musc_jax.pipeline import run_pipeline
+    config = load_config_file(str(BASE_MODEL.parents[3] / "configs" / "microworld.py"),
+                              [f"--config.workdir={tmp_path}", f"--config.pipeline.pairs={tmp_path / 'nope'}"])
+    with pytest.raises(FileNotFoundError, match="pipeline.pairs=.*does not exist"):
+        run_pipeline(config)
+    assert not (tmp_path / "eval_before.json").exists()    # refused before the slow evaluation
+    config = load_config_file(str(BASE_MODEL.parents[3] / "configs" / "microworld.py"),
+                              [f"--config.workdir={tmp_path}", f"--config.pipeline.pairs={tmp_path}",
+                               "--config.pipeline.iterations=2"])
+    with pytest.raises(ValueError, match="set iterations=1"):
+        run_pipeline(config)

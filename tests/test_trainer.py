@@ -56,6 +56,8 @@ def test_train_writes_metrics_checkpoints_and_export(tiny, tmp_path):
         assert key in train[0]
     assert abs(train[0]["loss"] - np.log(2)) < 1e-5  # policy == reference at step 0
     assert metrics["loss"] < train[0]["loss"]
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert saved["optim"]["lr"] == t.config.optim.lr and saved["data"]["train"] == t.config.data.train
     assert 1 <= t.trace_count <= 2  # one compile per length bucket (64 or 128)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "8"]
     assert any((tmp_path / "tensorboard").iterdir())

@@ -24,7 +24,9 @@ Per seed instruction:
    records whether y+ satisfies each corrupted constraint and y- violates it; with
    `negativity_filter=True` only pairs where some corrupted constraint is satisfied by y+ and
    violated by y- are kept (`keep_unverifiable` decides about pairs with nothing verifiable).
-   The rates are always reported.
+   `shared_filter=True` also drops pairs where y- follows an uncorrupted (shared) constraint
+   that y+ breaks: x' keeps fewer constraints, so y- meets the shared ones more easily, and
+   such a pair teaches the policy to break them. The rates are always reported.
 
 Rows follow the normalised pairs format (`musc_jax.data.pairs_io`); `stats` holds counts (summable
 over shards) and the rates derived from them (`negativity_rates`).
@@ -114,6 +116,11 @@ def negativity_record(constraints: Sequence[Constraint], chosen: str, rejected: 
             "per_constraint": per}
 
 
+def shared_regressions(shared: Sequence[Constraint], chosen: str, rejected: str) -> list[str]:
+    """Ids of the shared (uncorrupted) constraints that y- follows and y+ breaks."""
+    return [c.id for c in shared if verify(chosen, c) is False and verify(rejected, c) is True]
+
+
 NEGATIVITY_COUNTS = ("pairs", "checked", "negative", "chosen_satisfies", "rejected_violates")
 
 
@@ -159,6 +166,7 @@ class MuscConfig:
     max_new_tokens: int = 256
     negativity_filter: bool = False     # keep only pairs whose y- misses a corrupted constraint y+ meets
     keep_unverifiable: bool = True      # with the filter: keep pairs with nothing verifiable
+    shared_filter: bool = False         # drop pairs where y- meets an uncorrupted constraint y+ breaks
     drop_identical: bool = True         # drop pairs with y+ == y-
 
     def __post_init__(self):
@@ -309,11 +317,18 @@ def build_musc(seeds: Sequence[Seed], policy: Policy, cfg: MuscConfig | Mapping 
             continue
         neg = negativity_record([r.original for r in sm.records], y_pos, y_neg)
         neg["chosen_follows_all"] = all(verify(y_pos, c) is not False for c in sm.dec.constraints)
+        corrupted_at = {r.index for r in sm.records}
+        neg["shared_regressions"] = shared_regressions(
+            [c for i, c in enumerate(sm.dec.constraints) if i not in corrupted_at], y_pos, y_neg)
         count_negativity(neg_counts, neg)
         neg_counts["chosen_follows_all"] += neg["chosen_follows_all"]
+        neg_counts["shared_clean"] += not neg["shared_regressions"]
         if cfg.negativity_filter and not (neg["negative"] or (not neg["checked"]
                                                               and cfg.keep_unverifiable)):
             dropped["not_negative"] += 1
+            continue
+        if cfg.shared_filter and neg["shared_regressions"]:
+            dropped["shared_regression"] += 1
             continue
         rows.append({
             "prompt": [{"role": "user", "content": sm.x}],
@@ -338,7 +353,7 @@ def build_musc(seeds: Sequence[Seed], policy: Policy, cfg: MuscConfig | Mapping 
         "dropped": {k: v for k, v in dropped.items() if v},
         "parse_failures": dropped["parse_failure"],
         "corruption": dict(corruption),
-        "negativity": {k: neg_counts[k] for k in NEGATIVITY_COUNTS + ("chosen_follows_all",)},
+        "negativity": {k: neg_counts[k] for k in NEGATIVITY_COUNTS + ("chosen_follows_all", "shared_clean")},
     }
     if cfg.composer == "self":
         out["compose"] = {"accepted": stats["compose_accepted"], "fallbacks": stats["compose_fallbacks"]}
@@ -351,8 +366,9 @@ def finalize_rates(stats: Mapping[str, Any]) -> dict[str, float | None]:
     neg = stats.get("negativity", {})
     rates = negativity_rates(neg)
     pairs = neg.get("pairs", 0)
-    if "chosen_follows_all" in neg:
-        rates["chosen_follows_all_rate"] = neg["chosen_follows_all"] / pairs if pairs else None
+    for k in ("chosen_follows_all", "shared_clean"):
+        if k in neg:
+            rates[f"{k}_rate"] = neg[k] / pairs if pairs else None
     corr = stats.get("corruption", {})
     if corr.get("records"):
         for o in OPS:
