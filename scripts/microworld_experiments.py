@@ -4,8 +4,13 @@
         [--out runs/experiments] [--extra --config.eval.limit=100 ...]
 
 Each variant is one `python -m musc_jax.train` run (a fresh process) of a microworld config
-with overrides; the base model is evaluated once. Writes `results.md` (mean and spread of
-held-out prompt-level and instruction-level strict accuracy per variant), `results.json` and
+with overrides; the base model is evaluated once. The MuSC ablations that differ only in the
+loss or the token weights (coarse, dynamic, as released) train on the pairs that the
+`musc_static` run of the same seed built (`--config.pipeline.pairs`), so they compare training
+objectives on identical data. Runs go seed by seed, so an interrupted sweep still has every
+variant at the first seeds; finished runs are skipped when the script is started again, and the
+table is rewritten after every run. Writes `results.md` (mean and spread of held-out
+prompt-level and instruction-level strict accuracy per variant), `results.json` and
 `results.png` into --out. SPaR reports iterations 1..3 from one run per seed.
 """
 
@@ -23,20 +28,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
+    # The baselines train like the other recipes (2 epochs); random gets 416 pairs, more than
+    # the ~230 the MuSC filters keep.
     "random": ("configs/microworld.py", ["--config.build.pairs.method=random", "--config.loss.a_tok=0",
+                                         "--config.build.data.num_seeds=416", "--config.train.epochs=2",
                                          "--config.build.weights.kind=none", "--config.pipeline.recipe=random"]),
+    # self_reward samples 4 responses per prompt and judges each 5 times: 240 prompts make 960
+    # responses + 4800 judgements, against the 1920 responses of a 960-seed MuSC build.
     "self_reward": ("configs/microworld.py", ["--config.build.pairs.method=self_reward", "--config.loss.a_tok=0",
+                                              "--config.build.data.num_seeds=240", "--config.train.epochs=2",
                                               "--config.build.weights.kind=none",
                                               "--config.pipeline.recipe=self_reward"]),
     "ecd": ("configs/microworld_ecd.py", []),
     "spar": ("configs/microworld_spar.py", []),
-    "musc_coarse": ("configs/microworld.py", ["--config.weights.source=uniform", "--config.build.weights.kind=none",
-                                              "--config.pipeline.recipe=musc_coarse"]),
     "musc_static": ("configs/microworld.py", ["--config.pipeline.recipe=musc_static"]),
-    "musc_dynamic": ("configs/microworld.py", ["--config.weights.source=dynamic", "--config.build.weights.kind=none",
+    "musc_coarse": ("configs/microworld.py", ["--config.weights.source=uniform", "--config.pipeline.recipe=musc_coarse"]),
+    "musc_dynamic": ("configs/microworld.py", ["--config.weights.source=dynamic",
                                                "--config.pipeline.recipe=musc_dynamic"]),
     "musc_released": ("configs/microworld.py", ["--config.loss.a_seq=0", "--config.pipeline.recipe=musc_released"]),
 }
+# Variants that train on the pairs another variant of the same seed built.
+SHARED_PAIRS = {"musc_coarse": "musc_static", "musc_dynamic": "musc_static", "musc_released": "musc_static"}
 
 
 def run(config: str, overrides: list[str], workdir: Path, log: Path) -> None:
@@ -59,9 +71,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "experiments")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="overrides passed to every run, e.g. --config.eval.limit=100")
+    ap.add_argument("--table-only", action="store_true",
+                    help="only collect the finished runs under --out into the table; run nothing")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[dict[str, float]]] = {}
+    if args.table_only:
+        write_results(args.out, list(VARIANTS), args.seeds)
+        return
 
     base_dir = args.out / "base"
     if not (base_dir / "eval_before.json").exists():
@@ -69,18 +85,36 @@ def main() -> None:
         run("configs/microworld.py", ["--config.build.data.num_seeds=0", "--config.pipeline.eval_after=False",
                                       "--config.pipeline.iterations=0", *args.extra], base_dir,
             base_dir / "log.txt")
-    results["base"] = [_metrics(base_dir / "eval_before.json")]
 
-    for name in args.variants:
-        config, overrides = VARIANTS[name]
-        for seed in args.seeds:
+    order = sorted(args.variants, key=lambda n: n in SHARED_PAIRS)  # builders before sharers
+    for seed in args.seeds:
+        for name in order:
+            config, overrides = VARIANTS[name]
             wd = args.out / f"{name}_seed{seed}"
+            if name in SHARED_PAIRS:
+                owner = args.out / f"{SHARED_PAIRS[name]}_seed{seed}" / "build" / "pairs"
+                if not owner.exists():
+                    print(f"{name} seed {seed}: skipped, {owner} is missing (run {SHARED_PAIRS[name]})")
+                    continue
+                overrides = [*overrides, f"--config.pipeline.pairs={owner}"]
             if not (wd / "eval_after.json").exists():
                 wd.mkdir(exist_ok=True)
                 t = time.time()
                 run(config, [*overrides, f"--config.seed={seed}", "--config.pipeline.eval_before=False",
                              *args.extra], wd, wd / "log.txt")
                 print(f"{name} seed {seed}: {time.time() - t:.0f}s", flush=True)
+            write_results(args.out, list(VARIANTS), args.seeds)   # runs of other sweeps too
+
+
+def write_results(out: Path, variants: list[str], seeds: list[int]) -> None:
+    """Collect the finished runs of `variants` x `seeds` under `out` into results.md, results.json
+    and results.png (several sweeps may share one `out`, e.g. one per variant group)."""
+    results: dict[str, list[dict[str, float]]] = {"base": [_metrics(out / "base" / "eval_before.json")]}
+    for name in variants:
+        for seed in seeds:
+            wd = out / f"{name}_seed{seed}"
+            if not (wd / "eval_after.json").exists():
+                continue
             if name == "spar":
                 for it in (1, 2):
                     f = wd / f"eval_iteration_{it}.json"
@@ -102,8 +136,8 @@ def main() -> None:
         lines.append(f"| {name} | {len(runs)} | {statistics.mean(p):.1f} ± {sd(p):.1f} | "
                      f"{statistics.mean(i):.1f} ± {sd(i):.1f} |")
     table = "\n".join(lines)
-    (args.out / "results.md").write_text(table + "\n\n± is the standard deviation over seeds.\n")
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "results.md").write_text(table + "\n\n± is the standard deviation over seeds.\n")
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
     print(table)
 
     import matplotlib
@@ -117,7 +151,7 @@ def main() -> None:
     ax.set_title("microworld: recipes and ablations")
     plt.xticks(rotation=30, ha="right")
     fig.tight_layout()
-    fig.savefig(args.out / "results.png", dpi=100)
+    fig.savefig(out / "results.png", dpi=100)
 
 
 if __name__ == "__main__":
