@@ -118,7 +118,8 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
         t = time.time()
         actor = _train(config, actor, pairs_dir, workdir, "preference")
         timings["train 1"] = time.time() - t
-    for it in range(1, 0 if given else p.iterations + 1):
+    rounds = 0 if given_pairs else p.iterations   # given pairs: trained above, nothing to build
+    for it in range(1, rounds + 1):
         round_dir = workdir if p.iterations == 1 else workdir / f"iteration_{it}"
         t = time.time()
         actor_model, tok = _load(actor)
