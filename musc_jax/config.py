@@ -12,6 +12,8 @@ import ml_collections
 from ml_collections import ConfigDict
 
 from musc_jax.losses import LOSS_TYPES, LossConfig
+from musc_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from musc_jax.models.llama import REMAT_POLICIES
 from musc_jax.optim import SCHEDULES
 
 OBJECTIVES = ("preference", "sft")
@@ -34,7 +36,10 @@ def base_config() -> ConfigDict:
         tokenizer="",       # another directory for the tokenizer, if different
         param_dtype="float32",
         compute_dtype="",   # "" = same as param_dtype
-        remat=False,
+        # full | dots_saveable | save_qkv_proj | none; true/false (older configs) = full/none
+        remat=ml_collections.FieldReference(False, field_type=object),
+        attention="auto",   # auto | xla | cudnn | splash | einsum (musc_jax.models.attention)
+        scan_layers=False,  # stack the layers and lax.scan them (one layer compiled)
     ))
     c.data = ConfigDict(dict(
         train="",           # pairs dataset (Arrow dir, JSONL file or shard dir); SFT rows for objective=sft
@@ -96,6 +101,9 @@ def validate(c: ConfigDict) -> None:
     _choice(c, "data.on_error", c.data.on_error, ON_ERROR)
     _choice(c, "loss.loss_type", c.loss.loss_type, LOSS_TYPES)
     _choice(c, "optim.schedule", c.optim.schedule, SCHEDULES)
+    _choice(c, "model.attention", c.model.attention, ATTENTION_IMPLEMENTATIONS)
+    if not isinstance(c.model.remat, bool):
+        _choice(c, "model.remat", c.model.remat, REMAT_POLICIES)
     if not c.model.path:
         raise ValueError("config model.path is empty: set it to an HF model directory")
     if not c.data.train:

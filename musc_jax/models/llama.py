@@ -14,11 +14,41 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
-from musc_jax.models.config import ModelConfig
+from musc_jax.models import attention as attention_lib
+from musc_jax.models.config import ConfigError, ModelConfig
 from musc_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
 
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+_MASK_VALUE = attention_lib.MASK_VALUE
+# model.remat: what a layer keeps for the backward pass. full: only its input; dots_saveable:
+# matmul outputs; save_qkv_proj: the q/k/v projections (named by checkpoint_name); none: all.
+REMAT_POLICIES = ("full", "dots_saveable", "save_qkv_proj", "none")
+
+
+def remat_policy_name(remat: bool | str | None) -> str:
+    """The policy name for a `model.remat` value (True/False from older configs: full/none)."""
+    if remat is True:
+        return "full"
+    if remat is False or remat is None:
+        return "none"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"model.remat={remat!r}: choose one of {', '.join(REMAT_POLICIES)} "
+                         f"(or true/false)")
+    return remat
+
+
+def _checkpoint(fn, policy: str):
+    """`fn` wrapped by jax.checkpoint with the named policy (unchanged for 'none')."""
+    if policy == "none":
+        return fn
+    policies = {
+        "full": None,
+        "dots_saveable": jax.checkpoint_policies.dots_saveable,
+        "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(
+            "query_proj", "key_proj", "value_proj"),
+    }
+    return jax.checkpoint(fn, policy=policies[policy])
 
 
 class KVCache(NamedTuple):
@@ -77,22 +107,27 @@ class Attention(nnx.Module):
         self.scale = d ** -0.5
         self.dtype = dtype
 
-    def _project(self, x, kernel, bias):
-        y = jnp.einsum("bte,ehd->bthd", x, kernel[...].astype(self.dtype))
+    def _project(self, x, kernel, bias, name):
+        # One 2-D matmul [B*T, E] x [E, H*D]: XLA:CPU runs these faster than the 3-D einsum.
+        b, t, e = x.shape
+        w = kernel[...].astype(self.dtype)
+        y = (x.reshape(b * t, e) @ w.reshape(e, -1)).reshape(b, t, *w.shape[1:])
         if bias is not None:
             y = y + bias[...].astype(self.dtype)
-        return y
+        return checkpoint_name(y, name)
 
-    def __call__(self, x, cos, sin, key_mask, q_slots, cache_kv=None, write_index=None):
+    def __call__(self, x, cos, sin, key_mask, q_slots, cache_kv=None, write_index=None,
+                 attention: str = "einsum", mesh=None):
         """x [B, T, E]; key_mask [B, S] real key slots; q_slots [T] the cache slot of each query.
 
         Without a cache S == T and keys are this call's tokens. With a cache (k, v each
         [B, S, kv, D]) this call's keys are written at `write_index` and attention covers all S.
-        Returns (out [B, T, E], (k, v)).
+        `attention` is a resolved `musc_jax.models.attention` implementation (training and
+        prefill; a call with a cache uses the einsum path). Returns (out [B, T, E], (k, v)).
         """
-        q = self._project(x, self.q_proj, self.q_bias)
-        k = self._project(x, self.k_proj, self.k_bias)
-        v = self._project(x, self.v_proj, self.v_bias)
+        q = self._project(x, self.q_proj, self.q_bias, "query_proj")
+        k = self._project(x, self.k_proj, self.k_bias, "key_proj")
+        v = self._project(x, self.v_proj, self.v_bias, "value_proj")
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -101,19 +136,10 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_index, 0, 0))
         b, t, h, d = q.shape
-        s, kvh = k.shape[1], k.shape[2]
-        k_slots = jnp.arange(s)
-        allowed = k_slots[None, :] <= q_slots[:, None]  # [T, S] causal
-        if self.window is not None:
-            allowed &= (q_slots[:, None] - k_slots[None, :]) < self.window
-        allowed = allowed[None] & key_mask[:, None, :].astype(bool)  # [B, T, S]
-        qg = q.reshape(b, t, kvh, self.groups, d)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype)).astype(jnp.float32)
-        scores = scores * self.scale
-        scores = jnp.where(allowed[:, None, None], scores, _MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype)).reshape(b, t, h, d)
-        out = jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(self.dtype))
+        out = attention_lib.attend(q, k, v, key_mask, q_slots, window=self.window, scale=self.scale,
+                                   impl=attention, self_keys=cache_kv is None, mesh=mesh)
+        o = self.o_proj[...].astype(self.dtype)
+        out = (out.reshape(b * t, h * d) @ o.reshape(h * d, -1)).reshape(b, t, -1)
         return out, (k, v)
 
 
@@ -126,9 +152,12 @@ class MLP(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x):
+        # 2-D matmuls over the flattened [B*T, E] tokens (faster on XLA:CPU than 3-D dots).
+        b, t, e = x.shape
+        x = x.reshape(b * t, e)
         gate = x @ self.gate_proj[...].astype(self.dtype)
         up = x @ self.up_proj[...].astype(self.dtype)
-        return (jax.nn.silu(gate) * up) @ self.down_proj[...].astype(self.dtype)
+        return ((jax.nn.silu(gate) * up) @ self.down_proj[...].astype(self.dtype)).reshape(b, t, e)
 
 
 class DecoderLayer(nnx.Module):
@@ -138,18 +167,69 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, key_mask, q_slots, cache_kv=None, write_index=None):
-        a, kv = self.attn(self.input_norm(x), cos, sin, key_mask, q_slots, cache_kv, write_index)
+    def __call__(self, x, cos, sin, key_mask, q_slots, cache_kv=None, write_index=None,
+                 attention: str = "einsum", mesh=None):
+        a, kv = self.attn(self.input_norm(x), cos, sin, key_mask, q_slots, cache_kv, write_index,
+                          attention, mesh)
         x = x + a
         x = x + self.mlp(self.post_attn_norm(x))
         return x, kv
 
 
-def _layer_call(layer, x, cos, sin, key_mask, q_slots, cache_kv, write_index):
-    return layer(x, cos, sin, key_mask, q_slots, cache_kv, write_index)
+def _layer_fn(graphdef, policy: str, attention: str, mesh, activation_sharding):
+    """layer(state, x, cos, sin, key_mask, q_slots, cache_kv, write_index) -> (x, (k, v)) as a
+    pure function of the layer's state, checkpointed with `policy`.
+
+    The layer is rebuilt from its state inside the function (nnx.merge), so jax.checkpoint and
+    lax.scan see plain arrays: no nnx Variable of an outer trace is touched inside (nnx.remat on
+    a merged module failed under value_and_grad of an online-reference loss).
+    """
+
+    def call(state, x, cos, sin, key_mask, q_slots, cache_kv, write_index):
+        if activation_sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, activation_sharding)
+        layer = nnx.merge(graphdef, state)
+        return layer(x, cos, sin, key_mask, q_slots, cache_kv, write_index, attention, mesh)
+
+    return _checkpoint(call, policy)
 
 
-_remat_layer_call = nnx.remat(_layer_call)
+def _stacked_layers(cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs) -> DecoderLayer:
+    """One DecoderLayer whose parameters carry a leading [num_layers] axis (for lax.scan).
+
+    Layers are drawn in the same order as the unscanned list, so a seed gives the same weights
+    either way. The layer axis is unsharded (logical name None).
+    """
+    windows = {cfg.layer_window(i) for i in range(cfg.num_layers)}
+    if len(windows) > 1:
+        raise ConfigError("model.scan_layers=true needs the same attention window on every layer; "
+                          "this config mixes sliding-window and full layers: set "
+                          "model.scan_layers=false")
+    layers = [DecoderLayer(cfg, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+              for i in range(cfg.num_layers)]
+    graphdef, first = nnx.split(layers[0])
+    states = [first] + [nnx.split(layer)[1] for layer in layers[1:]]
+
+    def stack(*vs):
+        axes = vs[0].get_metadata().get("logical_axes")
+        out = vs[0].replace(jnp.stack([v[...] for v in vs]))
+        if axes is not None:
+            out.set_metadata(logical_axes=(None, *axes))
+        return out
+
+    stacked = jax.tree.map(stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.merge(graphdef, stacked)
+
+
+def _layer_slice(state, i: int):
+    return jax.tree.map(lambda a: a[i], state)
+
+
+def project_logits(h: jax.Array, w: jax.Array) -> jax.Array:
+    """float32 logits [..., V] = h [..., E] @ w [E, V], as one 2-D matmul."""
+    lead = h.shape[:-1]
+    out = jnp.dot(h.reshape(-1, h.shape[-1]), w, preferred_element_type=jnp.float32)
+    return out.reshape(*lead, w.shape[-1])
 
 
 class DecoderLM(nnx.Module):
@@ -160,16 +240,26 @@ class DecoderLM(nnx.Module):
     """
 
     def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs, remat: bool = False):
+                 rngs: nnx.Rngs, remat: bool | str = False, attention: str = "auto",
+                 scan_layers: bool = False):
+        """`remat`: a REMAT_POLICIES name (True = "full", False = "none"); `attention`: a
+        `musc_jax.models.attention.IMPLEMENTATIONS` name; `scan_layers`: the layers' parameters
+        are stacked on a leading axis and the forward pass is one lax.scan (compiles one layer)."""
         self.config = config
         self.dtype = dtype
-        self.remat = remat
+        self.remat = remat_policy_name(remat)
+        attention_lib.resolve(attention)  # reject an unknown name now
+        self.attention = attention
+        self.scan_layers = bool(scan_layers)
         # Sharding of [B, T, E] activations (set by the trainer on a mesh): without it, XLA may
         # gather the batch instead of the FSDP-sharded weights.
         self.activation_sharding = None
         self.embed = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), param_dtype)
-        self.layers = nnx.List([DecoderLayer(config, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                                for i in range(config.num_layers)])
+        if self.scan_layers:
+            self.layers = _stacked_layers(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        else:
+            self.layers = nnx.List([DecoderLayer(config, i, dtype=dtype, param_dtype=param_dtype,
+                                                 rngs=rngs) for i in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
         if config.tie_word_embeddings:
             self.lm_head = None
@@ -203,15 +293,29 @@ class DecoderLM(nnx.Module):
             write_index = cache.index
             key_mask = jax.lax.dynamic_update_slice(cache.mask, mask.astype(bool), (0, write_index))
             q_slots = write_index + jnp.arange(t)
-        call = _remat_layer_call if self.remat else _layer_call
+        impl = attention_lib.resolve(self.attention)
+        mesh = self.activation_sharding.mesh if self.activation_sharding is not None else None
         new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            if self.activation_sharding is not None:
-                x = jax.lax.with_sharding_constraint(x, self.activation_sharding)
-            cache_kv = (cache.keys[i], cache.values[i]) if cache is not None else None
-            x, (k, v) = call(layer, x, cos, sin, key_mask, q_slots, cache_kv, write_index)
-            new_k.append(k)
-            new_v.append(v)
+        if self.scan_layers and cache is None:
+            graphdef, state = nnx.split(self.layers)
+            call = _layer_fn(graphdef, self.remat, impl, mesh, self.activation_sharding)
+
+            def body(x, layer_state):
+                return call(layer_state, x, cos, sin, key_mask, q_slots, None, None)[0], None
+
+            x, _ = jax.lax.scan(body, x, state)
+        else:
+            if self.scan_layers:  # decoding: one slice of the stacked weights per layer
+                graphdef, state = nnx.split(self.layers)
+                layers = [(graphdef, _layer_slice(state, i)) for i in range(self.config.num_layers)]
+            else:
+                layers = [nnx.split(layer) for layer in self.layers]
+            for i, (graphdef, state) in enumerate(layers):
+                call = _layer_fn(graphdef, self.remat, impl, mesh, self.activation_sharding)
+                cache_kv = (cache.keys[i], cache.values[i]) if cache is not None else None
+                x, (k, v) = call(state, x, cos, sin, key_mask, q_slots, cache_kv, write_index)
+                new_k.append(k)
+                new_v.append(v)
         x = self.norm(x)
         if cache is None:
             return x, None
@@ -221,11 +325,13 @@ class DecoderLM(nnx.Module):
 
     def logits(self, h: jax.Array) -> jax.Array:
         """float32 logits [..., vocab] from hidden states [..., E]."""
+        return project_logits(h, self.lm_head_weight())
+
+    def lm_head_weight(self) -> jax.Array:
+        """The output projection [E, V] in the compute dtype (the embedding's transpose if tied)."""
         if self.lm_head is None:
-            w = self.embed[...].astype(self.dtype)
-            return jnp.einsum("...e,ve->...v", h, w, preferred_element_type=jnp.float32)
-        w = self.lm_head[...].astype(self.dtype)
-        return jnp.einsum("...e,ev->...v", h, w, preferred_element_type=jnp.float32)
+            return self.embed[...].astype(self.dtype).T
+        return self.lm_head[...].astype(self.dtype)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         h, _ = self.hidden_states(input_ids, attention_mask)
