@@ -46,9 +46,10 @@ from musc_jax.config import base_config
 from musc_jax.losses import LossConfig
 
 HARDWARE = {
-    # name: (mesh, grad_accum, device memory GiB for the planner, devices)
-    "v5p64": (dict(data=1, fsdp=32, tensor=1), 1, 95.0, 32),
-    "h100x8": (dict(data=1, fsdp=8, tensor=1), 4, 80.0, 8),
+    # name: (mesh, grad_accum, device memory GiB for the planner, devices, TPU topology for
+    # `python -m musc_jax.plan --config.plan.aot=tpu`, "" where the hardware is no TPU)
+    "v5p64": (dict(data=1, fsdp=32, tensor=1), 1, 95.0, 32, "v5p:2x4x4"),
+    "h100x8": (dict(data=1, fsdp=8, tensor=1), 4, 80.0, 8, ""),
 }
 RECIPES = ("musc", "ecd", "spar")
 GLOBAL_BATCH = 64  # pairs per optimizer step
@@ -62,7 +63,7 @@ def scale_out_config(model: str, recipe: str, hardware: str = "v5p64") -> Config
                          f"(e.g. --config configs/{model}_{recipe}.py:h100x8)")
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    mesh, accum, memory, devices = HARDWARE[hardware]
+    mesh, accum, memory, devices, topology = HARDWARE[hardware]
     c = base_config()
     c.workdir = f"runs/{model}_{recipe}_{hardware}"
     c.model.path = os.environ.get("MUSC_MODEL_PATH", "")
@@ -71,7 +72,8 @@ def scale_out_config(model: str, recipe: str, hardware: str = "v5p64") -> Config
     c.model.remat = True
     with c.unlocked():
         c.model.preset = model  # shape for musc_jax.plan when model.path has no config.json
-        c.plan = ConfigDict(dict(hardware=hardware, device_memory_gib=memory, devices=devices))
+    c.plan.hardware, c.plan.device_memory_gib, c.plan.devices = hardware, memory, devices
+    c.plan.topology = topology
     c.data.train = os.environ.get("MUSC_TRAIN_DATA", "")
     c.data.max_length = 2048
     c.data.max_prompt_length = 1024

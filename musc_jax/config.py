@@ -41,6 +41,10 @@ def base_config() -> ConfigDict:
         attention="auto",   # auto | xla | cudnn | splash | einsum (musc_jax.models.attention)
         scan_layers=False,  # stack the layers and lax.scan them (one layer compiled)
     ))
+    # LoRA (musc_jax.models.lora): rank 0 = full fine-tuning. With rank > 0 only the adapters
+    # train; the reference is the base model (adapter off), so it costs no second weight copy.
+    c.model.lora = ConfigDict(dict(rank=0, alpha=16.0,
+                                   targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"))
     c.data = ConfigDict(dict(
         train="",           # pairs dataset (Arrow dir, JSONL file or shard dir); SFT rows for objective=sft
         eval="",
@@ -78,6 +82,9 @@ def base_config() -> ConfigDict:
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.checkpoint = ConfigDict(dict(every=0, keep=2, resume=True))  # every=0: only at the end
     c.export = ConfigDict(dict(enabled=True, dtype=""))           # HF dir at <workdir>/export
+    # python -m musc_jax.plan: the hardware a config targets; aot="tpu" compiles its steps for
+    # `topology` with libtpu (musc_jax.aot).
+    c.plan = ConfigDict(dict(hardware="", devices=0, device_memory_gib=0.0, topology="", aot=""))
     c.distributed = ConfigDict(dict(
         coordinator="",     # host:port; "" = auto-detect (TPU pod, SLURM) or single process
         num_processes=0,

@@ -498,7 +498,8 @@ def plan_config(config, num_devices: int | None = None, profile: Profile = ACCEL
     work = workload_for(config, mesh)
     pre_rows = int(config.train.batch_size) // mesh.rows if work.reference == "precompute" else 0
     return plan(model_cfg, mesh, work, config.optim, param_dtype=config.model.param_dtype,
-                compute_dtype=config.model.compute_dtype or None, remat=bool(config.model.remat),
+                compute_dtype=config.model.compute_dtype or None,
+                remat=config.model.remat not in (False, None, "none"),  # a policy name or a bool
                 profile=profile, model_source=source, precompute_rows=pre_rows)
 
 

@@ -8,8 +8,16 @@ comes from `--model_preset` if given, else `<model.path>/config.json` when it ex
 config's `model.preset` (a ModelConfig preset name such as llama3_8b; the real-model configs set
 it). See musc_jax/memory_plan.py for the model behind the numbers.
 
+With `--config.plan.aot=tpu` (libtpu installed: `pip install -e .[tpu-aot]`, CPU machines too) it
+then compiles the config's real train step and generation loop for the config's TPU topology
+(`plan.topology`) and prints the TPU compiler's per-chip memory, its FLOPs and estimated step
+time, the MFU they imply, and the planner's figures beside them; the last line is
+`aot: topology=.. tokens_per_chip=.. total_gib=.. compile_s=.. flops_per_token=..
+est_us_per_token=.. est_mfu=..`. See musc_jax/aot.py.
+
 Examples:
     python -m musc_jax.plan --config configs/llama3_8b_musc.py            # TPU v5p-64 preset
+    python -m musc_jax.plan --config configs/llama3_8b_musc.py:v5p64 --config.plan.aot=tpu
     python -m musc_jax.plan --config configs/qwen2_7b_spar.py:h100x8 --config.model.remat=false
     python -m musc_jax.plan --config configs/dpo.py --model_preset=llama3_8b \\
         --config.model.compute_dtype=bfloat16 --config.model.remat=true \\
@@ -36,6 +44,8 @@ _PROFILE = flags.DEFINE_enum("profile", "accelerator", ["accelerator", "xla_cpu"
 _PRESET = flags.DEFINE_string("model_preset", None, "A ModelConfig preset (e.g. llama3_8b) for the model's "
                               "shape, instead of <model.path>/config.json or the config's model.preset.")
 _JSON = flags.DEFINE_bool("json", False, "Also print the plan as one JSON line.")
+_GENERATE = flags.DEFINE_bool("aot_generate", True, "With plan.aot=tpu, also compile the "
+                              "generation loop (prefill + decode) and print its memory.")
 
 
 def _main(argv) -> None:
@@ -46,8 +56,12 @@ def _main(argv) -> None:
         raise app.UsageError("--config is required, e.g. --config configs/llama3_8b_musc.py")
     from musc_jax import memory_plan
     memory = _MEMORY.value
-    if memory is None and "plan" in config:
+    if memory is None and "plan" in config and config.plan.get("device_memory_gib"):
         memory = float(config.plan.device_memory_gib)
+    aot = str(config.plan.get("aot", "") or "") if "plan" in config else ""
+    if aot not in ("", "tpu"):
+        print(f"musc_jax.plan: plan.aot={aot!r}: choose 'tpu' (or leave it empty)", file=sys.stderr)
+        sys.exit(2)
     try:
         p = memory_plan.plan_config(config, num_devices=_DEVICES.value,
                                     profile=memory_plan.PROFILES[_PROFILE.value],
@@ -58,6 +72,15 @@ def _main(argv) -> None:
     print(memory_plan.format_plan(p, memory, _HEADROOM.value))
     if _JSON.value:
         print(json.dumps(memory_plan.plan_summary(p, memory, _HEADROOM.value)))
+    if aot == "tpu":
+        from musc_jax import aot as aot_lib
+        print(flush=True)
+        try:
+            report = aot_lib.aot_report(config, p.model_cfg, generation=_GENERATE.value)
+        except ValueError as e:
+            print(f"musc_jax.plan: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(aot_lib.format_report(report, p))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,331 @@
+"""Ahead-of-time compilation of a config's train and generation steps for a TPU slice, on a CPU.
+
+With libtpu installed (`pip install -e .[tpu-aot]`), `jax.experimental.topologies` describes the
+devices of a TPU slice that is not attached; a step jitted with explicit shardings and lowered on
+sharded `ShapeDtypeStruct`s compiles for it for real. The compiled program reports the per-chip
+memory the TPU compiler assigned (`memory_analysis`) and its own cost model (`cost_analysis`:
+flops and estimated seconds). `python -m musc_jax.plan --config X --config.plan.aot=tpu` prints
+both; MaxText checks configs the same way before they reach a pod.
+
+Two compiles per config, because `cost_analysis` counts the body of a while loop once:
+* the real program (what training runs): memory comes from it;
+* a loop-free program: layers unrolled (`model.scan_layers` off where the model has it), the
+  collective-matmul (windowed einsum) loops off, the vocabulary projection in one chunk.
+  FLOPs and the estimated time come from it. Its time is the compiler's estimate, not a
+  measurement: the implied MFU is labelled as such.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+# Several processes on one machine may load libtpu only to compile (no chip is opened).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+GiB = 2 ** 30
+# Peak dense bf16 FLOP/s per chip (vendor figures), keyed by the topology name's prefix.
+PEAK_FLOPS = {"v4": 275e12, "v5e": 197e12, "v5litepod": 197e12, "v5p": 459e12, "v6e": 918e12}
+# Compiler options that remove loops the cost model would count once (see module docstring).
+LOOP_FREE_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                     "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+
+
+def libtpu_available() -> bool:
+    return importlib.util.find_spec("libtpu") is not None
+
+
+def topology_devices(topology: str) -> list:
+    """The devices of TPU slice `topology` (e.g. "v5p:2x2x2"), compiled for without hardware."""
+    if not libtpu_available():
+        raise ValueError("plan.aot=tpu needs libtpu: pip install -e '.[tpu-aot]' (CPU machines too)")
+    from jax.experimental import topologies
+    return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+
+
+def peak_flops(topology: str) -> float:
+    kind = topology.split(":")[0]
+    if kind not in PEAK_FLOPS:
+        raise ValueError(f"no peak FLOP/s known for TPU {kind!r} (topology {topology!r}); "
+                         f"known: {', '.join(PEAK_FLOPS)}")
+    return PEAK_FLOPS[kind]
+
+
+@dataclasses.dataclass
+class CompileStats:
+    """What one compiled program reports, per chip."""
+
+    argument: int
+    output: int
+    alias: int
+    temp: int
+    code: int
+    flops: float
+    bytes_accessed: float
+    est_seconds: float
+    compile_s: float
+
+    @property
+    def total(self) -> int:
+        """Bytes a chip holds while the program runs: inputs, outputs not aliased to (donated)
+        inputs, temporaries and the program itself."""
+        return self.argument + self.output - self.alias + self.temp + self.code
+
+
+def compile_stats(lowered, compiler_options: dict | None = None) -> CompileStats:
+    t0 = time.time()
+    compiled = lowered.compile(compiler_options=compiler_options or None)
+    seconds = time.time() - t0
+    m = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+    return CompileStats(
+        argument=int(m.argument_size_in_bytes), output=int(m.output_size_in_bytes),
+        alias=int(m.alias_size_in_bytes), temp=int(m.temp_size_in_bytes),
+        code=int(m.generated_code_size_in_bytes), flops=float(cost.get("flops", 0.0)),
+        bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+        est_seconds=float(cost.get("optimal_seconds", 0.0)), compile_s=seconds)
+
+
+# ----------------------------------------------------------------------------- abstract state
+
+def _sds(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def abstract_model(config, model_cfg):
+    """The decoder the trainer would build for `config`, as shapes only."""
+    from musc_jax.models import hf
+    c = config
+    dtype = jnp.dtype(c.model.param_dtype)
+    compute = jnp.dtype(c.model.compute_dtype) if c.model.compute_dtype else dtype
+    return hf._abstract_model(model_cfg, dtype, compute, c.model.remat)
+
+
+@dataclasses.dataclass
+class TrainProgram:
+    """A config's train step, jitted with the trainer's shardings, and abstract arguments."""
+
+    fn: Any
+    args: tuple
+    tokens_per_chip: int
+    num_params: int
+
+
+def abstract_batch(config, step_cfg, mesh, rows: int, seq: int) -> dict:
+    """ShapeDtypeStructs of the batch the loader feeds the step (see musc_jax.data.batching)."""
+    accum = int(config.optim.grad_accum)
+    lead = (accum,) if accum > 1 else ()
+    spec = P(*([None] * len(lead)), ("data", "fsdp"), None)
+    sh = NamedSharding(mesh, spec)
+    shape = (*lead, rows // accum, seq)
+
+    def arr(dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+
+    if step_cfg.objective == "sft":
+        return {"ids": arr(jnp.int32), "mask": arr(jnp.int32), "response_mask": arr(jnp.float32)}
+    sides = ["chosen", "rejected"]
+    if step_cfg.weights == "dynamic" and step_cfg.loss.a_tok:
+        sides += ["chosen_alt", "rejected_alt"]
+    batch = {}
+    for s in sides:
+        batch.update({f"{s}_ids": arr(jnp.int32), f"{s}_mask": arr(jnp.int32),
+                      f"{s}_response_mask": arr(jnp.float32)})
+    if step_cfg.reference == "precompute":
+        batch.update(ref_chosen_token_logps=arr(jnp.float32), ref_rejected_token_logps=arr(jnp.float32))
+    if step_cfg.weights == "dataset" and step_cfg.loss.a_tok:
+        batch.update(chosen_weights=arr(jnp.float32), rejected_weights=arr(jnp.float32))
+    return batch
+
+
+def train_program(config, model_cfg, devices) -> TrainProgram:
+    """The trainer's train step for `config` on `devices` (musc_jax.trainer builds the same)."""
+    from musc_jax.optim import make_optimizer
+    from musc_jax.sharding import make_mesh, state_shardings
+    from musc_jax.train_step import make_train_step
+    from musc_jax.trainer import step_config
+    c = config
+    mesh = make_mesh(**c.mesh, devices=devices)
+    model = abstract_model(c, model_cfg)
+    model.activation_sharding = NamedSharding(mesh, P(("data", "fsdp"), None, None))
+    graphdef, state = nnx.split(model)
+    param_sh = state_shardings(state, mesh)
+    params = _sds(state, param_sh)
+    cfg = step_config(c)
+    tx, schedule = make_optimizer(c.optim, 1000)
+    replicated = NamedSharding(mesh, P())
+    opt_abstract = jax.eval_shape(tx.init, params)
+    opt_sh = optax.tree_utils.tree_map_params(
+        tx, lambda _, s: s, opt_abstract, param_sh, transform_non_params=lambda _: replicated)
+    opt = _sds(opt_abstract, opt_sh)
+    rows = int(c.train.batch_size) * (2 if cfg.objective == "preference" else 1)
+    seq = int(c.data.max_length)
+    batch = abstract_batch(c, cfg, mesh, rows // (2 if cfg.objective == "preference" else 1), seq)
+    ref = params if cfg.reference == "online" else None
+    step = make_train_step(graphdef, cfg, tx, schedule)
+    fn = jax.jit(step, in_shardings=(param_sh, opt_sh, jax.tree.map(lambda x: x.sharding, batch),
+                                     param_sh if ref is not None else None),
+                 out_shardings=(param_sh, opt_sh, replicated), donate_argnums=(0, 1))
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+    return TrainProgram(fn=fn, args=(params, opt, batch, ref),
+                        tokens_per_chip=rows * seq // len(devices), num_params=n)
+
+
+@contextlib.contextmanager
+def _one_logits_chunk(seq: int):
+    """Score in one vocabulary-projection chunk (no chunk loop) while compiling for costs."""
+    from musc_jax import scoring, train_step
+    original = train_step.response_token_logps
+    train_step.response_token_logps = functools.partial(scoring.response_token_logps, chunk=seq)
+    try:
+        yield
+    finally:
+        train_step.response_token_logps = original
+
+
+def compile_train(config, model_cfg, devices) -> tuple[CompileStats, CompileStats, TrainProgram]:
+    """(real program's stats, loop-free program's stats, the program)."""
+    prog = train_program(config, model_cfg, devices)
+    real = compile_stats(prog.fn.lower(*prog.args))
+    loop_free_cfg = _loop_free_config(config)
+    with _one_logits_chunk(int(config.data.max_length)):
+        lf = train_program(loop_free_cfg, model_cfg, devices)
+        costs = compile_stats(lf.fn.lower(*lf.args), LOOP_FREE_OPTIONS)
+    return real, costs, prog
+
+
+def _loop_free_config(config):
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        if "scan_layers" in c.model:
+            c.model.scan_layers = False
+    return c
+
+
+# ------------------------------------------------------------------------------- generation
+
+def compile_generate(config, model_cfg, devices, prompt_len: int = 1024,
+                     new_tokens: int = 1024) -> CompileStats:
+    """The sampling loop of musc_jax.generate (prefill + while-loop decode) for one batch of
+    `train.batch_size` prompts on the config's mesh; memory only (the decode loop is a while loop)."""
+    from musc_jax import generate as gen
+    from musc_jax.models.llama import KVCache
+    from musc_jax.sharding import batch_sharding, logical_to_spec, make_mesh, state_shardings
+    c = config
+    mesh = make_mesh(**c.mesh, devices=devices)
+    model = abstract_model(c, model_cfg)
+    graphdef, state = nnx.split(model)
+    params = _sds(state, state_shardings(state, mesh))
+    b = int(c.train.batch_size)
+    kv = NamedSharding(mesh, logical_to_spec(("batch", "length", "kv_heads", "head_dim"),
+                                             (b, 1, model_cfg.num_kv_heads, model_cfg.head_dim), mesh))
+    cache_spec = KVCache(keys=(kv,) * model_cfg.num_layers, values=(kv,) * model_cfg.num_layers,
+                         mask=batch_sharding(mesh, 2), index=NamedSharding(mesh, P()),
+                         lengths=batch_sharding(mesh, 1))
+    st = gen._Static(max_new_tokens=new_tokens, greedy=False, use_top_k=False, use_top_p=True)
+    fn = gen._compiled(graphdef, st, mesh, cache_spec)
+
+    def arr(shape, dtype, sharding=None):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding or NamedSharding(mesh, P()))
+
+    ids = arr((b, prompt_len), jnp.int32, batch_sharding(mesh, 2))
+    args = (params, ids, ids, arr((b,), jnp.bool_, batch_sharding(mesh, 1)), arr((), jnp.uint32),
+            arr((gen._EOS_SLOTS,), jnp.int32), arr((), jnp.int32), arr((), jnp.float32),
+            arr((), jnp.int32), arr((), jnp.float32))
+    return compile_stats(fn.lower(*args))
+
+
+# ----------------------------------------------------------------------------------- report
+
+@dataclasses.dataclass
+class AotReport:
+    topology: str
+    chips: int
+    tokens_per_chip: int
+    num_params: int
+    real: CompileStats
+    costs: CompileStats
+    generate: CompileStats | None
+    peak: float
+
+    @property
+    def flops_per_token(self) -> float:
+        return self.costs.flops / self.tokens_per_chip
+
+    @property
+    def est_us_per_token(self) -> float:
+        return self.costs.est_seconds / self.tokens_per_chip * 1e6
+
+    @property
+    def est_mfu(self) -> float:
+        """6 N FLOPs per token (model FLOPs, no recomputation) over the compiler's estimated time."""
+        if self.costs.est_seconds <= 0:
+            return float("nan")
+        return 6 * self.num_params * self.tokens_per_chip / self.costs.est_seconds / self.peak
+
+    def summary_line(self) -> str:
+        return (f"aot: topology={self.topology} tokens_per_chip={self.tokens_per_chip} "
+                f"total_gib={self.real.total / GiB:.2f} compile_s={self.real.compile_s:.0f} "
+                f"flops_per_token={self.flops_per_token / 1e9:.4g}G "
+                f"est_us_per_token={self.est_us_per_token:.4g} est_mfu={self.est_mfu:.3f}")
+
+
+def format_report(r: AotReport, plan=None) -> str:
+    """The report; with `plan` (a musc_jax.memory_plan.MemoryPlan of the same config) the
+    planner's per-device figures beside the compiler's."""
+    def g(n):
+        return f"{n / GiB:8.2f} GiB"
+
+    m = r.real
+    lines = [
+        f"TPU ahead-of-time compile for {r.topology} ({r.chips} chips), per chip:",
+        "  train step (the real program; memory from the TPU compiler):",
+        f"    arguments {g(m.argument)}   outputs {g(m.output)}   aliased (donated) {g(m.alias)}",
+        f"    temporaries {g(m.temp)}   code {g(m.code)}   total {g(m.total)}",
+        f"    compile time here {m.compile_s:.0f} s",
+    ]
+    if plan is not None:
+        lines.append(f"    planner ({plan.profile.name} profile): persistent {g(plan.persistent)}   "
+                     f"total {g(plan.total())}   (compiler / planner = "
+                     f"{m.total / max(plan.total(), 1):.2f})")
+    lines += [
+        "  train step costs (loop-free compile: layers unrolled, collective matmul off, one "
+        "logits chunk):",
+        f"    compiler FLOPs {r.costs.flops:.3e} per step = {r.flops_per_token / 1e9:.1f} G per token "
+        f"(6N = {6 * r.num_params / 1e9:.1f} G; N = {r.num_params / 1e9:.2f} B params)",
+        f"    compiler's estimated step time {r.costs.est_seconds:.3f} s = "
+        f"{r.est_us_per_token:.1f} us per token per chip",
+        f"    MFU implied by the compiler's estimate (6N tokens / est. time / "
+        f"{r.peak / 1e12:.0f} TFLOP/s): {r.est_mfu:.3f}",
+    ]
+    if r.generate is not None:
+        lines.append(f"  generation (prefill + decode loop): total {g(r.generate.total)} "
+                     f"(temporaries {g(r.generate.temp)}), compile {r.generate.compile_s:.0f} s")
+    lines.append(r.summary_line())
+    return "\n".join(lines)
+
+
+def aot_report(config, model_cfg, generation: bool = True) -> AotReport:
+    topology = str(config.plan.get("topology", "") or "")
+    if not topology:
+        raise ValueError("plan.aot=tpu needs plan.topology (a TPU slice such as v5p:2x4x4); the "
+                         "TPU presets of configs/llama3_8b_*.py set it, e.g. <config>.py:v5p64")
+    devices = topology_devices(topology)
+    real, costs, prog = compile_train(config, model_cfg, devices)
+    gen = compile_generate(config, model_cfg, devices) if generation else None
+    return AotReport(topology=topology, chips=len(devices), tokens_per_chip=prog.tokens_per_chip,
+                     num_params=prog.num_params, real=real, costs=costs, generate=gen,
+                     peak=peak_flops(topology))
