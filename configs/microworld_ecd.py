@@ -9,7 +9,7 @@ pair (x_k, chosen y_k, rejected y_{k-1}). Loss: a_seq=1, a_tok=0.
 """
 
 from musc_jax.config import config_module
-from musc_jax.data.builders.run import base_pairs_config
+from musc_jax.microworld.plugin import pairs_config
 
 _mw = config_module(__file__, "microworld.py")
 
@@ -17,7 +17,7 @@ _mw = config_module(__file__, "microworld.py")
 def get_config():
     c = _mw.pipeline_config("ecd")
     c.loss.a_seq, c.loss.a_tok, c.loss.sft_weight = 1.0, 0.0, 0.0
-    c.build = base_pairs_config("ecd")
+    c.build = pairs_config("ecd")
     c.build.data.num_seeds = 480
     c.build.data.levels = (1, 2, 3, 4)   # room to evolve: chains grow by one constraint per step
     c.build.pairs.shard_size = 96

@@ -2,7 +2,8 @@
 
     python -m musc_jax.pairs --config configs/pairs_ecd.py [--config.ecd.evolver=policy]
 
-Keys (all defaults in musc_jax.data.builders.run.base_pairs_config):
+Keys (defaults in musc_jax.data.builders.run.base_pairs_config, the microworld's in
+musc_jax.microworld.plugin.pairs_config):
   ecd.evolver               "rule" (taxonomy: add a compatible constraint or tighten a bound) |
                             "policy" (the policy rewrites the instruction) | "teacher" (a separate
                             model at teacher.path)
@@ -16,11 +17,11 @@ Keys (all defaults in musc_jax.data.builders.run.base_pairs_config):
   seed, model.*, data.*, pairs.*, weights.*  as in configs/pairs_musc.py
 """
 
-from musc_jax.data.builders.run import base_pairs_config
+from musc_jax.microworld.plugin import pairs_config
 
 
 def get_config():
-    c = base_pairs_config("ecd")
+    c = pairs_config("ecd")
     c.data.num_seeds = 48
     c.data.levels = (1, 2, 3)         # room to evolve: chains grow by one constraint per step
     c.pairs.shard_size = 16

@@ -2,7 +2,8 @@
 
     python -m musc_jax.pairs --config configs/pairs_musc.py [--config.pairs.out_dir=runs/x]
 
-Keys (all defaults in musc_jax.data.builders.run.base_pairs_config):
+Keys (defaults in musc_jax.data.builders.run.base_pairs_config, the microworld's in
+musc_jax.microworld.plugin.pairs_config):
   seed                      fixes every random choice (per shard: seed + shard index)
   model.path / tokenizer    the policy, which is also the reference for token weights
   model.param_dtype / batch_size
@@ -19,11 +20,11 @@ Keys (all defaults in musc_jax.data.builders.run.base_pairs_config):
   ecd.*, teacher.path       used when pairs.method="ecd" (see configs/pairs_ecd.py)
 """
 
-from musc_jax.data.builders.run import base_pairs_config
+from musc_jax.microworld.plugin import pairs_config
 
 
 def get_config():
-    c = base_pairs_config("musc")
+    c = pairs_config("musc")
     c.data.num_seeds = 64
     c.data.levels = (2, 3, 4, 5)      # MuSC needs >= 2 constraints besides the task
     c.pairs.shard_size = 16

@@ -4,14 +4,19 @@
         [--out runs/experiments] [--extra --config.eval.limit=100 ...]
 
 Each variant is one `python -m musc_jax.train` run (a fresh process) of a microworld config
-with overrides; the base model is evaluated once. The MuSC ablations that differ only in the
-loss or the token weights (coarse, dynamic, as released) train on the pairs that the
-`musc_static` run of the same seed built (`--config.pipeline.pairs`), so they compare training
-objectives on identical data. Runs go seed by seed, so an interrupted sweep still has every
+with overrides; the base model is evaluated once. Rows (issue 13): random; self_reward (self;
+checker one seed); SPaR iterations 1-3 (self; checker one seed); ECD (self, checker); MuSC with
+static weights x filter (none, self, checker); with the best self filter (`--best-self`), the
+loss / weight ablations (coarse, dynamic, as released), which train on the pairs that
+`musc_<best>` built for the same seed (`--config.pipeline.pairs`), so they compare objectives on
+identical data; MuSC with one model in every role. Every row states its signal (self / checker /
+none, from the build's stats.json) and the pairs it kept; one summary per run (eval metrics,
+stats, config, wall time) is written under --summaries (docs/results/microworld). Runs go seed by seed, so an interrupted sweep still has every
 variant at the first seeds; finished runs are skipped when the script is started again, and the
 table is rewritten after every run. Writes `results.md` (mean and spread of held-out
 prompt-level and instruction-level strict accuracy per variant), `results.json` and
-`results.png` into --out. SPaR reports iterations 1..3 from one run per seed.
+`results.png` into --out (and the table into --summaries). SPaR reports iterations 1..3 from
+one run per seed.
 """
 
 from __future__ import annotations
@@ -27,36 +32,56 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-VARIANTS: dict[str, tuple[str, list[str]]] = {
-    # The baselines train like the other recipes (2 epochs); random gets 416 pairs, more than
-    # the ~230 the MuSC filters keep.
-    "random": ("configs/microworld.py", ["--config.build.pairs.method=random", "--config.loss.a_tok=0",
-                                         "--config.build.data.num_seeds=416", "--config.train.epochs=2",
-                                         "--config.build.weights.kind=none", "--config.pipeline.recipe=random"]),
-    # self_reward samples 4 responses per prompt and judges each 5 times: 240 prompts make 960
-    # responses + 4800 judgements, against the 1920 responses of a 960-seed MuSC build.
-    "self_reward": ("configs/microworld.py", ["--config.build.pairs.method=self_reward", "--config.loss.a_tok=0",
-                                              "--config.build.data.num_seeds=240", "--config.train.epochs=2",
-                                              "--config.build.weights.kind=none",
-                                              "--config.pipeline.recipe=self_reward"]),
-    "ecd": ("configs/microworld_ecd.py", []),
-    "spar": ("configs/microworld_spar.py", []),
-    "musc_static": ("configs/microworld.py", ["--config.pipeline.recipe=musc_static"]),
-    "musc_coarse": ("configs/microworld.py", ["--config.weights.source=uniform", "--config.pipeline.recipe=musc_coarse"]),
-    "musc_dynamic": ("configs/microworld.py", ["--config.weights.source=dynamic",
-                                               "--config.pipeline.recipe=musc_dynamic"]),
-    "musc_released": ("configs/microworld.py", ["--config.loss.a_seq=0", "--config.pipeline.recipe=musc_released"]),
+def _filter(signal: str) -> list[str]:
+    """Overrides of configs/microworld.py for the MuSC filters asked of `signal`."""
+    return [f"--config.build.musc.negativity_filter={signal}", "--config.build.musc.shared_filter=True",
+            "--config.build.data.num_seeds=960", "--config.train.epochs=3"]
+
+
+def _baseline(method: str, seeds: int, judge: str | None = None) -> list[str]:
+    out = [f"--config.build.pairs.method={method}", "--config.loss.a_tok=0",
+           f"--config.build.data.num_seeds={seeds}", "--config.train.epochs=2",
+           "--config.build.weights.kind=none"]
+    if judge:
+        out.append(f"--config.build.{method}.judge={judge}")
+    return out
+
+
+# name -> (config, overrides, default seeds). Every name is also the report's recipe. The
+# "(1 seed)" rows of issue 13 run seed 0 only unless --seeds-all is given.
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    # random gets 416 seeds (about the pairs of the unfiltered MuSC build); self_reward samples 4
+    # responses per prompt and judges each 5 times: 240 prompts make 960 responses + 4800 votes.
+    "random": ("configs/microworld.py", _baseline("random", 416), "all"),
+    "self_reward": ("configs/microworld.py", _baseline("self_reward", 240), "all"),
+    "self_reward_checker": ("configs/microworld.py", _baseline("self_reward", 240, "verifier"), "one"),
+    "spar": ("configs/microworld_spar.py", [], "all"),
+    "spar_checker": ("configs/microworld_spar.py", ["--config.build.spar.judge=verifier"], "one"),
+    "ecd_self": ("configs/microworld_ecd.py", ["--config.build.ecd.checker=self"], "all"),
+    "ecd_checker": ("configs/microworld_ecd.py", ["--config.build.ecd.checker=verifier"], "all"),
+    "musc_none": ("configs/microworld.py", [], "all"),
+    "musc_self": ("configs/microworld.py", _filter("self"), "all"),
+    "musc_checker": ("configs/microworld.py", _filter("checker"), "all"),
+    # Loss / weight ablations on the pairs of the best self filter (--best-self none|self).
+    "musc_coarse": ("configs/microworld.py", ["--config.weights.source=uniform"], "all"),
+    "musc_dynamic": ("configs/microworld.py", ["--config.weights.source=dynamic"], "all"),
+    "musc_released": ("configs/microworld.py", ["--config.loss.a_seq=0"], "all"),
+    "musc_one_model": ("configs/microworld_one_model.py", [], "all"),
 }
-# Variants that train on the pairs another variant of the same seed built.
-SHARED_PAIRS = {"musc_coarse": "musc_static", "musc_dynamic": "musc_static", "musc_released": "musc_static"}
+ABLATIONS = ("musc_coarse", "musc_dynamic", "musc_released")
 
 
-def run(config: str, overrides: list[str], workdir: Path, log: Path) -> None:
+def run(config: str, overrides: list[str], workdir: Path, log: Path) -> float:
+    """One `python -m musc_jax.train` run in a fresh process; returns its wall time (s)."""
     cmd = [sys.executable, "-m", "musc_jax.train", "--config", config, f"--config.workdir={workdir}",
            *overrides]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    t = time.time()
     with open(log, "w") as f:
         subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
+    wall = time.time() - t
+    (workdir / "wall_time.json").write_text(json.dumps({"seconds": wall, "command": cmd[1:]}) + "\n")
+    return wall
 
 
 def _metrics(path: Path) -> dict[str, float]:
@@ -64,11 +89,43 @@ def _metrics(path: Path) -> dict[str, float]:
     return {"prompt": 100 * d["prompt_level_strict"], "instruction": 100 * d["instruction_level_strict"]}
 
 
+def build_stats(wd: Path) -> dict:
+    """The pairs build's stats.json of a run (the last iteration's for SPaR; the shared build's
+    for an ablation that trained on another run's pairs)."""
+    cands = [wd / "build" / "stats.json"] + sorted(wd.glob("iteration_*/build/stats.json"))[::-1]
+    for c in cands:
+        if c.is_file():
+            return json.loads(c.read_text())
+    cfg = wd / "config.json"
+    if cfg.is_file():
+        given = json.loads(cfg.read_text()).get("pipeline", {}).get("pairs")
+        if given and (Path(given).parent / "stats.json").is_file():
+            return json.loads((Path(given).parent / "stats.json").read_text())
+    return {}
+
+
+def _variant_overrides(name: str, seed: int, out: Path, best_self: str) -> list[str] | None:
+    config, overrides, _ = VARIANTS[name]
+    if name in ABLATIONS:
+        owner = out / f"musc_{best_self}_seed{seed}" / "build" / "pairs"
+        if not owner.exists():
+            print(f"{name} seed {seed}: skipped, {owner} is missing (run musc_{best_self})")
+            return None
+        overrides = [*VARIANTS[f"musc_{best_self}"][1], *overrides, f"--config.pipeline.pairs={owner}"]
+    return [*overrides, f"--config.pipeline.recipe={name}"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds-all", action="store_true",
+                    help="run the one-seed rows (checker baselines) at every seed too")
+    ap.add_argument("--best-self", choices=["none", "self"], default="none",
+                    help="the MuSC self filter whose pairs the loss / weight ablations reuse")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "experiments")
+    ap.add_argument("--summaries", type=Path, default=REPO / "docs" / "results" / "microworld",
+                    help="per-run summaries (eval metrics, stats, config, wall time) go here")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="overrides passed to every run, e.g. --config.eval.limit=100")
     ap.add_argument("--table-only", action="store_true",
@@ -76,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.table_only:
-        write_results(args.out, list(VARIANTS), args.seeds)
+        write_results(args.out, list(VARIANTS), args.seeds, args.summaries)
         return
 
     base_dir = args.out / "base"
@@ -86,58 +143,93 @@ def main() -> None:
                                       "--config.pipeline.iterations=0", *args.extra], base_dir,
             base_dir / "log.txt")
 
-    order = sorted(args.variants, key=lambda n: n in SHARED_PAIRS)  # builders before sharers
+    order = sorted(args.variants, key=lambda n: n in ABLATIONS)  # builders before sharers
     for seed in args.seeds:
         for name in order:
-            config, overrides = VARIANTS[name]
+            if VARIANTS[name][2] == "one" and seed != args.seeds[0] and not args.seeds_all:
+                continue
+            overrides = _variant_overrides(name, seed, args.out, args.best_self)
             wd = args.out / f"{name}_seed{seed}"
-            if name in SHARED_PAIRS:
-                owner = args.out / f"{SHARED_PAIRS[name]}_seed{seed}" / "build" / "pairs"
-                if not owner.exists():
-                    print(f"{name} seed {seed}: skipped, {owner} is missing (run {SHARED_PAIRS[name]})")
-                    continue
-                overrides = [*overrides, f"--config.pipeline.pairs={owner}"]
-            if not (wd / "eval_after.json").exists():
-                wd.mkdir(exist_ok=True)
-                t = time.time()
-                run(config, [*overrides, f"--config.seed={seed}", "--config.pipeline.eval_before=False",
-                             *args.extra], wd, wd / "log.txt")
-                print(f"{name} seed {seed}: {time.time() - t:.0f}s", flush=True)
-            write_results(args.out, list(VARIANTS), args.seeds)   # runs of other sweeps too
+            if overrides is None or (wd / "eval_after.json").exists():
+                continue
+            wd.mkdir(exist_ok=True)
+            wall = run(VARIANTS[name][0], [*overrides, f"--config.seed={seed}",
+                                           "--config.pipeline.eval_before=False", *args.extra],
+                       wd, wd / "log.txt")
+            print(f"{name} seed {seed}: {wall:.0f}s", flush=True)
+            write_results(args.out, list(VARIANTS), args.seeds, args.summaries)
 
 
-def write_results(out: Path, variants: list[str], seeds: list[int]) -> None:
+def _summary(wd: Path, eval_file: Path) -> dict:
+    """A run's committed summary: eval metrics (no per-item rows), build stats, config, wall time."""
+    ev = json.loads(eval_file.read_text())
+    ev = {k: v for k, v in ev.items() if k not in ("items", "per_item")}
+    cfg = wd / "config.json"
+    wall = wd / "wall_time.json"
+    return {"eval": ev, "stats": build_stats(wd),
+            "config": json.loads(cfg.read_text()) if cfg.is_file() else None,
+            "wall_time_s": json.loads(wall.read_text())["seconds"] if wall.is_file() else None}
+
+
+def write_results(out: Path, variants: list[str], seeds: list[int], summaries: Path | None = None) -> None:
     """Collect the finished runs of `variants` x `seeds` under `out` into results.md, results.json
-    and results.png (several sweeps may share one `out`, e.g. one per variant group)."""
-    results: dict[str, list[dict[str, float]]] = {"base": [_metrics(out / "base" / "eval_before.json")]}
+    and results.png, and one summary JSON per run into `summaries` (several sweeps may share one
+    `out`). Columns: signal, pairs kept, prompt- and instruction-level strict (mean ± sd)."""
+    results: dict[str, list[dict]] = {"base": [{**_metrics(out / "base" / "eval_before.json"),
+                                                "signal": "-", "pairs": 0}]}
+    if summaries is not None:
+        summaries.mkdir(parents=True, exist_ok=True)
+        (summaries / "base.json").write_text(json.dumps(
+            _summary(out / "base", out / "base" / "eval_before.json"), indent=1, default=str) + "\n")
     for name in variants:
         for seed in seeds:
             wd = out / f"{name}_seed{seed}"
             if not (wd / "eval_after.json").exists():
                 continue
-            if name == "spar":
-                for it in (1, 2):
-                    f = wd / f"eval_iteration_{it}.json"
-                    if f.exists():
-                        results.setdefault(f"spar_iter{it}", []).append(_metrics(f))
-                results.setdefault("spar_iter3", []).append(_metrics(wd / "eval_after.json"))
-            else:
-                results.setdefault(name, []).append(_metrics(wd / "eval_after.json"))
+            st = build_stats(wd)
+            info = {"signal": st.get("signal") or st.get("builder", {}).get("signal") or "?",
+                    "pairs": int(st.get("pairs", 0) or 0)}
+            wall = wd / "wall_time.json"
+            info["wall_s"] = json.loads(wall.read_text())["seconds"] if wall.is_file() else None
+            evals = [(name, wd / "eval_after.json")]
+            if name.startswith("spar"):
+                evals = [(f"{name}_iter{it}", wd / f"eval_iteration_{it}.json") for it in (1, 2)]
+                evals.append((f"{name}_iter3", wd / "eval_after.json"))
+            for row, f in evals:
+                if f.exists():
+                    results.setdefault(row, []).append({**_metrics(f), **info})
+            if summaries is not None:
+                (summaries / f"{name}_seed{seed}.json").write_text(
+                    json.dumps(_summary(wd, wd / "eval_after.json"), indent=1, default=str) + "\n")
 
-    lines = ["| variant | seeds | prompt-level strict (%) | instruction-level strict (%) |",
-             "|---|---|---|---|"]
+    lines = ["| variant | signal | seeds | pairs kept | prompt-level strict (%) | "
+             "instruction-level strict (%) | wall time per run (min) |",
+             "|---|---|---|---|---|---|---|"]
     summary = {}
+    sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
     for name, runs in results.items():
         p = [r["prompt"] for r in runs]
         i = [r["instruction"] for r in runs]
-        sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
-        summary[name] = {"n": len(runs), "prompt_mean": statistics.mean(p), "prompt_sd": sd(p),
-                         "instruction_mean": statistics.mean(i), "instruction_sd": sd(i), "runs": runs}
-        lines.append(f"| {name} | {len(runs)} | {statistics.mean(p):.1f} ± {sd(p):.1f} | "
-                     f"{statistics.mean(i):.1f} ± {sd(i):.1f} |")
+        walls = [r["wall_s"] for r in runs if r.get("wall_s")]
+        signal = "/".join(sorted({str(r["signal"]) for r in runs}))
+        pairs = statistics.mean(r["pairs"] for r in runs)
+        summary[name] = {"n": len(runs), "signal": signal, "pairs_mean": pairs,
+                         "prompt_mean": statistics.mean(p), "prompt_sd": sd(p),
+                         "instruction_mean": statistics.mean(i), "instruction_sd": sd(i),
+                         "runs": runs}
+        wall = f"{statistics.mean(walls) / 60:.1f}" if walls else "-"
+        lines.append(f"| {name} | {signal} | {len(runs)} | {pairs:.0f} | "
+                     f"{statistics.mean(p):.1f} ± {sd(p):.1f} | {statistics.mean(i):.1f} ± {sd(i):.1f} | "
+                     f"{wall} |")
     table = "\n".join(lines)
-    (out / "results.md").write_text(table + "\n\n± is the standard deviation over seeds.\n")
+    note = ("\n\n± is the standard deviation over seeds. signal: where the preference signal comes "
+            "from (self: the policy alone; checker: the verifiers that also score the evaluation; "
+            "none: coin-flip labels). Compare a self row with self rows, a checker row with "
+            "checker rows.\n")
+    (out / "results.md").write_text(table + note)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
+    if summaries is not None:
+        (summaries / "results.md").write_text(table + note)
     print(table)
 
     import matplotlib
@@ -145,10 +237,12 @@ def write_results(out: Path, variants: list[str], seeds: list[int]) -> None:
     import matplotlib.pyplot as plt
     names = list(summary)
     fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 4))
+    colors = ["tab:blue" if summary[n]["signal"] == "self" else "tab:orange"
+              if summary[n]["signal"] == "checker" else "tab:gray" for n in names]
     ax.bar(names, [summary[n]["prompt_mean"] for n in names],
-           yerr=[summary[n]["prompt_sd"] for n in names], capsize=4)
+           yerr=[summary[n]["prompt_sd"] for n in names], capsize=4, color=colors)
     ax.set_ylabel("held-out prompt-level strict accuracy (%)")
-    ax.set_title("microworld: recipes and ablations")
+    ax.set_title("microworld: recipes (blue: self signal, orange: checker, gray: none)")
     plt.xticks(rotation=30, ha="right")
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=100)

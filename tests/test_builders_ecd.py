@@ -12,7 +12,8 @@ from musc_jax.data.constraints import Constraint, make, verify_all
 from musc_jax.data.decompose import decompose_instruction, rule_decompose
 from musc_jax.data.evolve import ChainState, RuleEvolver, tighten
 from musc_jax.data.policy import ScriptedPolicy
-from musc_jax.data.seeds import Seed, microworld_seeds
+from musc_jax.data.seeds import Seed
+from musc_jax.microworld.plugin import world_seeds as microworld_seeds
 from musc_jax.microworld.world import Instruction, World
 
 EVOLVE_HEAD = "Make the instruction harder"
@@ -45,7 +46,7 @@ def test_chain_keeps_state_on_rejection_and_runs_k_rounds():
         return f"good answer at level {n}: {x[::-1]}"
 
     policy = ScriptedPolicy(reply)
-    cfg = EcdConfig(rounds=4, p_tighten=0.0, start_samples=2)
+    cfg = EcdConfig(rounds=4, p_tighten=0.0, start_samples=2, types="microworld")
     rows, stats = build_ecd(seeds, policy, cfg, seed=5, checker=_no_bad)
     assert stats["dropped"] == {"no_good_start": 1} and stats["chains"] == 3
     assert stats["steps_tried"] == 12 and stats["steps_accepted"] == 6
@@ -83,7 +84,8 @@ def _oracle_policy(world):
 def test_verifier_checker_with_oracle_policy_and_hard_negatives():
     world = World(0)
     seeds = microworld_seeds(6, seed=4, levels=(1, 2))
-    rows, stats = build_ecd(seeds, _oracle_policy(world), EcdConfig(rounds=3, p_tighten=0.5),
+    rows, stats = build_ecd(seeds, _oracle_policy(world),
+                            EcdConfig(rounds=3, p_tighten=0.5, types="microworld"),
                             seed=1)
     assert stats["chains"] == 6 and stats["steps_tried"] == 18
     assert stats["steps_accepted"] == stats["steps_tried"] - sum(stats["rejections"].values())
@@ -171,3 +173,31 @@ def test_rule_evolver_add_and_tighten():
     assert tighten(make("length_constraints:number_words", relation="at least", num_words=40)
                    ).kwargs["num_words"] == 50
     assert tighten(make("punctuation:no_comma")) is None
+
+
+def test_self_checker_is_the_policy_voting():
+    """checker="self": the policy's majority vote accepts or rejects answers (signal "self");
+    the verifiers are never asked. The scripted judge rejects every answer with the word
+    "sun" in it (2 of 3 votes), which the verifiers would not do."""
+    world = World(0)
+    oracle = _oracle_policy(world)
+
+    def reply(conv, k, seed):
+        text = _text(conv)
+        if text.startswith("Judge the response."):
+            return "no it misses" if "sun" in text.split("Response: ", 1)[1] and k < 2 else "yes"
+        return oracle.reply(conv, k, seed)
+
+    seeds = microworld_seeds(4, seed=4, levels=(1, 2))
+    cfg = EcdConfig(rounds=2, types="microworld", checker="self", checker_votes=3)
+    policy = ScriptedPolicy(reply)
+    rows, stats = build_ecd(seeds, policy, cfg, seed=1)
+    assert stats["signal"] == "self" and stats["checker"] == "self"
+    judge_calls = [s for c, s in policy.calls if _text(c).startswith("Judge the response.")]
+    assert judge_calls and all(s.num_samples == 3 for s in judge_calls)
+    assert stats["roles"]["judge"]["calls"] == 3 * len(judge_calls)
+    assert all("sun" not in r["chosen"] for r in rows)
+    _, chk = build_ecd(seeds, _oracle_policy(world), {**cfg.__dict__, "checker": "verifier"}, seed=1)
+    assert chk["signal"] == "checker"
+    with pytest.raises(ValueError, match="teacher"):
+        build_ecd(seeds, policy, {**cfg.__dict__, "checker": "teacher"}, seed=1)

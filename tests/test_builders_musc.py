@@ -10,7 +10,8 @@ from musc_jax.data.constraints import Constraint, make
 from musc_jax.data.decompose import SELF_DECOMPOSE_SYSTEM
 from musc_jax.data.policy import ScriptedPolicy
 from musc_jax.data.recombine import render_parts
-from musc_jax.data.seeds import Seed, microworld_seeds
+from musc_jax.data.seeds import Seed
+from musc_jax.microworld.plugin import world_seeds as microworld_seeds
 
 
 def _instruction(conv):
@@ -126,7 +127,7 @@ def test_negativity_filter():
 
     cfg = dict(decomposer="given", p_drop=1.0, p_negate=0.0, p_substitute=0.0)
     rows_all, st_all = build_musc(seeds, ScriptedPolicy(reply), cfg, seed=0)
-    rows, st = build_musc(seeds, ScriptedPolicy(reply), {**cfg, "negativity_filter": True}, seed=0)
+    rows, st = build_musc(seeds, ScriptedPolicy(reply), {**cfg, "negativity_filter": "checker"}, seed=0)
     dropped_comma = [r for r in rows_all if r["corrupted"][0]["original"]["id"] == no_comma.id]
     assert 0 < len(dropped_comma) < len(rows_all) == 12          # both cases occur
     neg = st_all["negativity"]
@@ -155,7 +156,9 @@ def test_shared_filter_drops_pairs_that_teach_breaking_a_kept_constraint():
 
     cfg = dict(decomposer="given", p_drop=1.0, p_negate=0.0, p_substitute=0.0, corrupt_rate=0.3)
     rows_all, st_all = build_musc(seeds, ScriptedPolicy(reply), cfg, seed=0)
-    rows, st = build_musc(seeds, ScriptedPolicy(reply), {**cfg, "shared_filter": True}, seed=0)
+    checker = {**cfg, "negativity_filter": "checker"}
+    rows_neg, _ = build_musc(seeds, ScriptedPolicy(reply), checker, seed=0)
+    rows, st = build_musc(seeds, ScriptedPolicy(reply), {**checker, "shared_filter": True}, seed=0)
     # Dropping lowercase keeps no_comma shared: y- ("The otter is Small") follows it, y+ breaks it.
     regress = [r for r in rows_all if r["corrupted"][0]["original"]["id"] == lower.id]
     assert 0 < len(regress) < 12 and len(rows_all) == 12
@@ -164,5 +167,76 @@ def test_shared_filter_drops_pairs_that_teach_breaking_a_kept_constraint():
         assert r["meta"]["negativity"]["shared_regressions"] == expected
     assert st_all["negativity"]["shared_clean"] == 12 - len(regress)
     assert st_all["rates"]["shared_clean_rate"] == pytest.approx((12 - len(regress)) / 12)
-    assert len(rows) == 12 - len(regress) and st["dropped"]["shared_regression"] == len(regress)
-    assert all(r["corrupted"][0]["original"]["id"] == no_comma.id for r in rows)
+    regress_neg = [r for r in rows_neg if r["meta"]["negativity"]["shared_regressions"]]
+    assert regress_neg and len(rows) == len(rows_neg) - len(regress_neg)
+    assert st["dropped"]["shared_regression"] == len(regress_neg)
+    assert not any(r["meta"]["negativity"]["shared_regressions"] for r in rows)
+    with pytest.raises(ValueError, match="needs a signal"):
+        build_musc(seeds, ScriptedPolicy(reply), {**cfg, "shared_filter": True}, seed=0)
+
+
+def test_negativity_filter_names_its_signal():
+    no_comma, lower, seeds = _otter_seeds(4)
+    with pytest.raises(ValueError, match="old boolean form.*checker"):
+        build_musc(seeds, ScriptedPolicy(lambda c, k, s: "x"), {"negativity_filter": True})
+    with pytest.raises(ValueError, match="choose one of"):
+        build_musc(seeds, ScriptedPolicy(lambda c, k, s: "x"), {"negativity_filter": "oracle"})
+
+
+def test_self_negativity_filter_asks_the_policy_not_the_checker():
+    """negativity_filter="self": the policy's majority verdicts (judge prompt on the task with one
+    constraint) pick the pairs; the verifiers are only logged. The scripted judge here says "yes"
+    exactly when the response has no capital letter, whatever the constraint, so its choices
+    differ from the checker's and the test can tell which signal was used."""
+    from musc_jax.data.roles import JUDGE_QUESTION
+    no_comma, lower, seeds = _otter_seeds()
+
+    def reply(conv, k, seed):
+        x = _instruction(conv)
+        if JUDGE_QUESTION in x:   # a judge call: "yes" iff the response is all lowercase
+            resp = x.split("Response: ", 1)[1].rsplit("\n", 1)[0]
+            return "yes" if resp == resp.lower() else "no it misses"
+        # follows exactly the constraints x asks for
+        return ("the otter" if "lowercase" in x else "The Otter") + (
+            f" is small {len(x)}" if "comma" in x else f", small {len(x)}")
+
+    cfg = dict(decomposer="given", p_drop=1.0, p_negate=0.0, p_substitute=0.0,
+               negativity_votes=3)
+    rows, st = build_musc(seeds, ScriptedPolicy(reply), {**cfg, "negativity_filter": "self"}, seed=0)
+    _, st_chk = build_musc(seeds, ScriptedPolicy(reply), {**cfg, "negativity_filter": "checker"},
+                           seed=0)
+    # The checker calls every pair negative (y- breaks what was dropped); the self judge only
+    # those whose y- has capitals (the dropped lowercase).
+    assert st_chk["pairs"] == 12 and st["signal"] == "self" and st_chk["signal"] == "checker"
+    assert 0 < len(rows) < 12 and st["dropped"]["not_negative"] == 12 - len(rows)
+    assert all(r["corrupted"][0]["original"]["id"] == lower.id for r in rows)
+    assert all(r["meta"]["self_check"]["negative"] and r["meta"]["signal"] == "self" for r in rows)
+    assert st["roles"]["judge"] == {"calls": 12 * 2 * 3, "parsed": 12 * 2 * 3}
+    assert st["self_check"]["answered"] == 24 and 0 < st["self_check"]["agree"] < 24
+    assert st["negativity"]["pairs"] == 12                         # the checker is still logged
+
+
+def test_free_text_constraints_are_edited_by_the_policy():
+    """A free-text constraint drawn for negation is rewritten by the policy (edit role); an
+    unusable edit falls back to dropping it, counted as an edit parse failure."""
+    from musc_jax.data.constraints import free_text
+    style = free_text("Write in a cheerful tone.")
+    seeds = [Seed(f"Describe the otter {i}.", task=f"Describe the otter {i}.",
+                  constraints=[style, make("punctuation:no_comma")]) for i in range(6)]
+
+    def reply(conv, k, seed):
+        x = _instruction(conv)
+        if x.startswith("Edit the constraint."):
+            return "" if "otter 0" in x else "Write in a gloomy tone."
+        return f"reply {len(x)} {x[-30:]}"
+
+    cfg = dict(decomposer="given", corrupt_rate=1.0, p_drop=0.0, p_negate=1.0, p_substitute=0.0)
+    rows, st = build_musc(seeds, ScriptedPolicy(reply), cfg, seed=0)
+    edited = [r for r in rows if r["corrupted"][0]["writer"] == "policy"
+              and r["corrupted"][0]["applied"] == "negate"]
+    assert len(edited) == 5
+    assert all("gloomy" in r["rejected_prompt"][0]["content"] and
+               "cheerful" in r["prompt"][0]["content"] for r in edited)
+    assert st["roles"]["edit"] == {"calls": 6, "parsed": 5}
+    assert st["rates"]["parsed/edit"] == pytest.approx(5 / 6)
+    assert st["corruption"]["applied/drop"] == 1   # the unusable edit fell back to a drop

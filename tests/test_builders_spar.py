@@ -11,7 +11,7 @@ from musc_jax.data.constraints import make
 from musc_jax.data.pairs_io import normalize_pair, read_pairs, read_sft
 from musc_jax.data.policy import ScriptedPolicy
 from musc_jax.data.recombine import compose
-from musc_jax.data.roles import judge_messages, refine_messages, respond_messages
+from musc_jax.data.roles import CRITIQUE_REQUEST, critique_judge_messages, judge_messages, refine_messages, respond_messages
 from musc_jax.data.seeds import Seed
 
 # Actor samples per instruction (5 each). The scripted judge says yes iff "FIXED" is in the
@@ -91,12 +91,26 @@ def test_spar_rows_stats_and_refiner_sft():
     # ... and contested judgements (majority not unanimous): the "shaky" labels and tree node.
     judge_rows = [r for r in res.refiner_sft if r["role"] == "judge"]
     assert judge_rows == [
-        {"prompt": judge_messages("Alpha task.", "alpha shaky"),
+        {"prompt": critique_judge_messages("Alpha task.", "alpha shaky"),
          "response": "no it misses: alpha shaky", "role": "judge"},
-        {"prompt": judge_messages("Beta task.", "beta FIXED shaky"), "response": "yes",
+        {"prompt": critique_judge_messages("Beta task.", "beta FIXED shaky"), "response": "yes",
          "role": "judge"},
-        {"prompt": judge_messages("Alpha task.", "alpha shaky FIXED"), "response": "yes",
+        {"prompt": critique_judge_messages("Alpha task.", "alpha shaky FIXED"), "response": "yes",
          "role": "judge"}]
+    assert stats["signal"] == "self" and stats["refiner_sft_capped_judge"] == 0
+    # The judge prompt asks for a critique before the verdict (DESIGN 5.5).
+    assert all(CRITIQUE_REQUEST in c[-1]["content"] for c, _ in policy.calls
+               if c[-1]["content"].startswith("Judge"))
+
+    # Caps: at most one refinement trace and two judge rows, judge rows balanced yes / no.
+    capped = build_spar(SEEDS, ScriptedPolicy(reply), {"max_refine_sft": 1, "max_judge_sft": 2},
+                        seed=1, round=2)
+    sft = capped.refiner_sft
+    assert [r["role"] for r in sft] == ["refine", "judge", "judge"]
+    assert sorted(r["response"] for r in sft if r["role"] == "judge") == [
+        "no it misses: alpha shaky", "yes"]
+    assert capped.stats["refiner_sft_capped_refine"] == 1
+    assert capped.stats["refiner_sft_capped_judge"] == 1
 
     assert stats["prompts"] == 4 and stats["samples"] == 20 and stats["empty_samples"] == 2
     assert stats["ties_dropped"] == 5 and stats["labelled_fail"] == 5

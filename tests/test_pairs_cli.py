@@ -26,7 +26,8 @@ def tiny_dir(tmp_path_factory):
 
 
 def _config(tiny_dir, out_dir, **changes):
-    c = base_pairs_config("musc")
+    from musc_jax.microworld.plugin import pairs_config
+    c = pairs_config("musc")
     c.model.path = str(tiny_dir)
     c.data.num_seeds = 4
     c.data.levels = (2, 3)

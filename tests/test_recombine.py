@@ -11,7 +11,8 @@ from musc_jax.data import constraints as C
 from musc_jax.data.decompose import Decomposition
 from musc_jax.data.recombine import (CorruptionConfig, CorruptionRecord, compose, compose_pair,
                                      corrupt, corrupt_decomposition, corruption_stats,
-                                     n_to_corrupt, render_parts, self_compose)
+                                     n_to_corrupt, render_parts, self_compose,
+                                     corruption_count)
 
 TASK = "Write a short note about the harbour"
 N_DRAWS = 10_000
@@ -42,6 +43,15 @@ def test_k_formula():
     assert n_to_corrupt(4, 1.0) == 4 and n_to_corrupt(4, 0.0) == 1
 
 
+def test_k_counts_the_task():
+    """DESIGN 5.1: n counts every constraint of C, the task included (hand-checked: 4
+    constraints + task -> round(0.3 * 5) = round(1.5) = 2, where 0.3 * 4 would give 1)."""
+    assert [corruption_count(m, 0.3) for m in range(0, 8)] == [0, 1, 1, 1, 2, 2, 2, 2]
+    assert corruption_count(1, 1.0) == 1          # never more than the non-task constraints
+    cons = CLEAN[:4]
+    assert all(len(corrupt(cons, random.Random(s))[1]) == 2 for s in range(20))
+
+
 def _draws(cons, cfg, seed=0, n=N_DRAWS):
     rng = random.Random(seed)
     return [corrupt(cons, rng, config=cfg) for _ in range(n)]
@@ -53,7 +63,7 @@ def _draws(cons, cfg, seed=0, n=N_DRAWS):
 def test_rates_match_config_over_10000_draws(cfg):
     draws = _draws(CLEAN, cfg)
     records = [r for _, recs in draws for r in recs]
-    k = n_to_corrupt(len(CLEAN), cfg.rate)
+    k = corruption_count(len(CLEAN), cfg.rate)
     assert all(len(recs) == k for _, recs in draws)
     stats = corruption_stats(records)
     want = {"drop": cfg.p_drop, "negate": cfg.p_negate, "substitute": cfg.p_substitute}
@@ -181,3 +191,17 @@ def test_self_compose_accepts_faithful_rewrites_and_falls_back():
     assert (stats.total, stats.accepted, stats.fallbacks) == (2, 1, 1)
     assert texts[0].startswith("Please write a brief note")
     assert texts[1] == compose(TASK, CLEAN[2:4], 1)
+
+
+def test_self_compose_check_covers_free_text():
+    """A composition that loses a free-text constraint is rejected (template text, counted)."""
+    cons = [C.make("punctuation:no_comma"), C.free_text("Use a cheerful tone.")]
+    keep = "Write a short note about the harbour. Do not use any commas. Use a cheerful tone!"
+    lose = "Write a short note about the harbour. Do not use any commas."
+    texts, st = self_compose([(TASK, cons), (TASK, cons)], lambda convs: [keep, lose])
+    assert texts[0] == keep and texts[1] == compose(TASK, cons)
+    assert (st.accepted, st.fallbacks) == (1, 1)
+    # "parts" sends the corpus's compose prompt: the task and constraint sentences
+    seen = []
+    self_compose([(TASK, cons)], lambda convs: seen.extend(convs) or [keep], prompt="parts")
+    assert seen[0][0]["content"].startswith("Write the instruction.\nTASK: ")

@@ -24,10 +24,12 @@ from musc_jax.data.constraints import Constraint, free_text
 from musc_jax.data.decompose_rules import (BOUND, NEG_BEFORE, NUM, QUOTED, TIMES, Found, _norm,
                                            find_constraints, parse_num, rule_decompose,
                                            sentence_spans)
+from musc_jax.data.roles import decompose_messages
 from musc_jax.data.decompose_score import (DecomposeScore, TypeScore, id_counts, kwargs_match,
                                            score_rule_decompose)
 
 Message = dict[str, str]
+DECOMPOSE_PROMPTS = ("few_shot", "zero_shot")
 GenerateFn = Callable[..., list[str]]
 
 # --------------------------------------------------------------------------------------------
@@ -276,18 +278,23 @@ def _call_generate(generate_fn: GenerateFn, convs: list[list[Message]],
 
 def self_decompose(texts: Sequence[str], generate_fn: GenerateFn, *,
                    temperature: float | None = 0.2, min_constraints: int = 2,
-                   type_constraints: bool = True, batch_size: int | None = None
-                   ) -> tuple[list[Decomposition | None], DecomposeStats]:
+                   type_constraints: bool = True, batch_size: int | None = None,
+                   prompt: str = "few_shot") -> tuple[list[Decomposition | None], DecomposeStats]:
     """Decompose `texts` with the policy. Returns one Decomposition or None per text, and
     counts. A sample is dropped (None) when its output cannot be parsed or when it has fewer
     than `min_constraints` constraints (the task is not counted). `generate_fn` maps a list of
-    chat conversations to a list of strings; `temperature` is passed when it accepts one."""
+    chat conversations to a list of strings; `temperature` is passed when it accepts one.
+    prompt: "few_shot" (`build_decompose_messages`, for real models) or "zero_shot"
+    (`roles.decompose_messages`, the prompt the microworld's corpus teaches)."""
+    if prompt not in DECOMPOSE_PROMPTS:
+        raise ValueError(f"decompose prompt {prompt!r}: choose one of {DECOMPOSE_PROMPTS}")
+    messages = build_decompose_messages if prompt == "few_shot" else decompose_messages
     stats = DecomposeStats(total=len(texts))
     results: list[Decomposition | None] = []
     step = batch_size or max(1, len(texts))
     for i in range(0, len(texts), step):
         chunk = texts[i:i + step]
-        outs = _call_generate(generate_fn, [build_decompose_messages(t) for t in chunk],
+        outs = _call_generate(generate_fn, [messages(t) for t in chunk],
                               temperature)
         if len(outs) != len(chunk):
             raise ValueError(f"generate_fn returned {len(outs)} outputs for {len(chunk)} "

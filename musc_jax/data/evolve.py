@@ -32,7 +32,23 @@ from musc_jax.data.recombine import STYLES, compose
 from musc_jax.data.roles import clean_output, evolve_messages
 
 EVOLVERS = ("rule", "policy", "teacher")
-TYPE_SETS = ("microworld", "ifeval", "all")
+TYPE_SETS = ("ifeval", "all")
+# Named rule evolvers a world registers (its own types, argument sampler and conflict table):
+# name -> factory(p_tighten, style) -> RuleEvolver.
+RULE_EVOLVERS: dict[str, Callable[[float, str], "RuleEvolver"]] = {}
+
+
+def register_rule_evolver(name: str, factory: Callable[[float, str], "RuleEvolver"]) -> None:
+    """Make `make_rule_evolver(name, ...)` (and ECD's `types=name`) call `factory`."""
+    RULE_EVOLVERS[name] = factory
+
+
+def make_rule_evolver(types: str | Sequence[str], p_tighten: float = 0.3,
+                      style: str = "paragraph") -> "RuleEvolver":
+    """A registered rule evolver by name, else a `RuleEvolver` over the type set `types`."""
+    if isinstance(types, str) and types in RULE_EVOLVERS:
+        return RULE_EVOLVERS[types](p_tighten, style)
+    return RuleEvolver(types, p_tighten, style=style)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,10 +130,8 @@ def tighten(c: Constraint) -> Constraint | None:
 
 
 def type_ids(types: str | Sequence[str]) -> tuple[str, ...]:
-    """A named set ("microworld", "ifeval", "all") or an explicit list of constraint type ids."""
+    """A named set ("ifeval", "all") or an explicit list of constraint type ids."""
     if isinstance(types, str):
-        if types == "microworld":
-            return MICROWORLD_IDS
         if types == "ifeval":
             return IFEVAL_IDS
         if types == "all":
@@ -137,13 +151,13 @@ class RuleEvolver:
 
     types: candidate type ids for additions (types without an argument sampler are skipped).
     sampler: (type id, state, rng) -> Constraint; default: the taxonomy's sampler over `pool`.
-    type_compatible: an extra (type id, type id) -> bool rule (e.g. the microworld's table) on top
+    type_compatible: an extra (type id, type id) -> bool rule (e.g. a world's table) on top
     of `constraints.compatible`.
     """
 
     name = "rule"
 
-    def __init__(self, types: str | Sequence[str] = "microworld", p_tighten: float = 0.3,
+    def __init__(self, types: str | Sequence[str] = "all", p_tighten: float = 0.3,
                  pool: ArgPool = DEFAULT_POOL, style: str = "paragraph", tries: int = 4,
                  sampler: Sampler | None = None, type_compatible: TypeCompatible | None = None):
         if not 0.0 <= p_tighten <= 1.0:
@@ -155,25 +169,6 @@ class RuleEvolver:
         self.p_tighten, self.pool, self.style, self.tries = p_tighten, pool, style, tries
         self.sampler = sampler or (lambda t, state, rng: get_type(t).sample(rng, self.pool))
         self.type_compatible = type_compatible
-
-    @classmethod
-    def for_microworld(cls, p_tighten: float = 0.3, style: str = "paragraph",
-                       world_seed: int | None = None) -> "RuleEvolver":
-        """Microworld types with the microworld's own argument sampler (by the state's topic,
-        `meta["topic"]`) and its table of type conflicts."""
-        from musc_jax.microworld.assets import WORLD_SEED
-        from musc_jax.microworld.world import MICROWORLD_TYPES, World, compatible, sample_constraint
-
-        lexicon = {t.name: t for t in World(WORLD_SEED if world_seed is None else world_seed).lexicon}
-
-        def sampler(t: str, state: ChainState, rng: random.Random) -> Constraint:
-            topic = lexicon.get(str(state.meta.get("topic")))
-            if topic is None:
-                return get_type(t).sample(rng, DEFAULT_POOL)
-            return sample_constraint(t, topic, rng)
-
-        return cls(MICROWORLD_TYPES, p_tighten, style=style, sampler=sampler,
-                   type_compatible=lambda a, b: a == b or compatible(a, b))
 
     def _ok(self, c: Constraint, others: Sequence[Constraint]) -> bool:
         if not compatible_with_all(c, others):

@@ -27,10 +27,13 @@ from typing import Any, Mapping, Protocol, Sequence
 from musc_jax.data import constraints as cons
 from musc_jax.data.constraints import Constraint
 from musc_jax.data.policy import Policy, Sampling
-from musc_jax.data.roles import judge_messages, judgement_text, parse_verdict
+from musc_jax.data.roles import (critique_judge_messages, judge_messages, judgement_text,
+                                 parse_verdict)
 
 JudgeItem = tuple  # (instruction: str, response: str, constraints: Sequence[Constraint|dict] | None)
 JUDGES = ("self", "verifier")
+# Where a judge's preference signal comes from (DESIGN 8): the policy itself or a checker.
+SIGNAL = {"self": "self", "verifier": "checker"}
 
 
 def derive_seed(seed: int, *tags: Any) -> int:
@@ -172,21 +175,24 @@ class SelfJudge:
     """The policy as its own judge: `votes` sampled verdicts per response, majority wins."""
 
     def __init__(self, policy: Policy, votes: int = 5, temperature: float = 0.7,
-                 top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 96):
+                 top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 96,
+                 critique: bool = False):
         if votes < 1:
             raise ValueError(f"SelfJudge needs votes >= 1, got {votes}")
-        self.policy, self.votes = policy, int(votes)
+        self.policy, self.votes, self.critique = policy, int(votes), bool(critique)
         self.sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k,
                                  max_new_tokens=max_new_tokens, num_samples=self.votes)
         self.stats = JudgeStats()
 
     def messages(self, instruction: str, response: str) -> list[dict[str, str]]:
-        return judge_messages(instruction, response)
+        """The judge prompt: critique then verdict (`critique=True`, SPaR) or the verdict."""
+        make = critique_judge_messages if self.critique else judge_messages
+        return make(instruction, response)
 
     def judge(self, items: Sequence[JudgeItem], seed: int = 0) -> list[Judgement]:
         if not items:
             return []
-        convs = [judge_messages(it[0], it[1]) for it in items]
+        convs = [self.messages(it[0], it[1]) for it in items]
         outputs = self.policy.chat(convs, self.sampling, seed=seed)
         if len(outputs) != len(items):
             raise RuntimeError(f"policy returned {len(outputs)} reply lists for {len(items)} "
@@ -245,17 +251,19 @@ class VerifierJudge:
 
 
 def make_judge(kind: str, policy: Policy | None = None, votes: int = 5, temperature: float = 0.7,
-               max_new_tokens: int = 96, top_p: float = 1.0) -> SelfJudge | VerifierJudge:
-    """"self" (needs the policy) or "verifier"."""
+               max_new_tokens: int = 96, top_p: float = 1.0,
+               critique: bool = False) -> SelfJudge | VerifierJudge:
+    """"self" (needs the policy; `critique` asks for a critique before the verdict) or
+    "verifier"."""
     if kind == "self":
         if policy is None:
             raise ValueError("a self judge needs a policy")
         return SelfJudge(policy, votes=votes, temperature=temperature, top_p=top_p,
-                         max_new_tokens=max_new_tokens)
+                         max_new_tokens=max_new_tokens, critique=critique)
     if kind == "verifier":
         return VerifierJudge()
     raise ValueError(f"unknown judge {kind!r}; expected one of {JUDGES}")
 
 
-__all__ = ["JUDGES", "Judge", "JudgeStats", "Judgement", "SelfJudge", "VerifierJudge",
+__all__ = ["JUDGES", "SIGNAL", "Judge", "JudgeStats", "Judgement", "SelfJudge", "VerifierJudge",
            "as_constraints", "derive_seed", "make_judge"]

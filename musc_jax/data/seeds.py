@@ -2,8 +2,10 @@
 
 Sources (`load_seeds`):
 
-* `microworld`: `World.instructions(n, seed, levels)`; each seed carries its task, typed
-  constraints and the composer seed that wrote its text (`meta["compose_seed"]`).
+* a registered source (`register_seed_source`): a function `(num_seeds, seed, **options) ->
+  list[Seed]` that generates seeds, e.g. a synthetic world's instructions (each carrying its task,
+  typed constraints and the composer seed of its text, `meta["compose_seed"]`). A world
+  registers its source when its package is imported; this module names none.
 * `jsonl`: one JSON object per line with the prompt under `prompt_field`; IFEval's
   `instruction_id_list` + `kwargs` (None-valued kwargs dropped) or our `constraints` list (typed
   constraint dicts) become typed constraints; optional `task` and `response` (a known good answer,
@@ -24,13 +26,28 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from musc_jax.data.constraints import Constraint, validate
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("microworld", "jsonl", "hf")
+FILE_SOURCES = ("jsonl", "hf")
+SOURCES = FILE_SOURCES  # kept for callers; registered sources are in SEED_SOURCES
+# Generated seed sources by name: fn(num_seeds, seed, **options) -> list[Seed].
+SEED_SOURCES: dict[str, Callable[..., list["Seed"]]] = {}
+
+
+def register_seed_source(name: str, fn: Callable[..., list["Seed"]]) -> None:
+    """Make `load_seeds(name, ...)` call `fn(num_seeds, seed, **options)`."""
+    if name in FILE_SOURCES:
+        raise ValueError(f"seed source {name!r} is built in; register another name")
+    SEED_SOURCES[name] = fn
+
+
+def seed_sources() -> tuple[str, ...]:
+    """Every source `load_seeds` accepts now (the file sources and the registered ones)."""
+    return FILE_SOURCES + tuple(SEED_SOURCES)
 ON_ERROR = ("error", "skip")
 
 
@@ -248,32 +265,19 @@ def read_hf_seeds(path: str | os.PathLike, prompt_field: str = "prompt", split: 
     return _collect(records(), prompt_field, on_error, str(path))
 
 
-def microworld_seeds(n: int, seed: int = 0, levels: Sequence[int] = (1, 2, 3, 4, 5),
-                     world_seed: int | None = None) -> list[Seed]:
-    """`n` microworld instructions as seeds (task, typed constraints, composer seed in meta)."""
-    from musc_jax.microworld.assets import WORLD_SEED
-    from musc_jax.microworld.world import World
-
-    world = World(WORLD_SEED if world_seed is None else world_seed)
-    out = []
-    for i, inst in enumerate(world.instructions(n, seed, tuple(levels))):
-        out.append(Seed(prompt=inst.text, task=inst.task, constraints=list(inst.constraints),
-                        meta={"source": "microworld", "index": i, "topic": inst.topic,
-                              "level": inst.level, "compose_seed": inst.seed}))
-    return out
-
-
 def load_seeds(source: str, path: str = "", *, prompt_field: str = "prompt", split: str = "",
                on_error: str = "error", num_seeds: int = 0, seed: int = 0,
-               levels: Sequence[int] = (1, 2, 3, 4, 5), world_seed: int | None = None) -> SeedSet:
-    """Seeds from `source` ("microworld", "jsonl" or "hf"); `num_seeds` > 0 keeps the first n
-    (the microworld needs it: it is the number of instructions to sample)."""
-    if source not in SOURCES:
-        raise ValueError(f"seed source {source!r}: choose one of {', '.join(SOURCES)}")
-    if source == "microworld":
+               **options: Any) -> SeedSet:
+    """Seeds from `source` ("jsonl", "hf" or a registered source); `num_seeds` > 0 keeps the
+    first n (a registered source needs it: it is the number of seeds to generate). `options`
+    (e.g. `levels`, `world_seed`) go to a registered source."""
+    if source not in seed_sources():
+        raise ValueError(f"seed source {source!r}: choose one of {', '.join(seed_sources())} "
+                         "(a generated source is registered by importing its package)")
+    if source in SEED_SOURCES:
         if num_seeds <= 0:
-            raise ValueError("the microworld seed source needs num_seeds > 0")
-        seeds = microworld_seeds(num_seeds, seed, levels, world_seed)
+            raise ValueError(f"the {source} seed source needs num_seeds > 0")
+        seeds = SEED_SOURCES[source](num_seeds, seed, **options)
         return SeedSet(seeds, {}, len(seeds))
     if not path:
         raise ValueError(f"seed source {source!r} needs a path")
@@ -286,5 +290,6 @@ def load_seeds(source: str, path: str = "", *, prompt_field: str = "prompt", spl
     return out
 
 
-__all__ = ["ON_ERROR", "SOURCES", "Seed", "SeedFormatError", "SeedSet", "load_seeds",
-           "microworld_seeds", "read_hf_seeds", "read_jsonl_seeds", "seed_from_record"]
+__all__ = ["FILE_SOURCES", "ON_ERROR", "SEED_SOURCES", "SOURCES", "Seed", "SeedFormatError",
+           "SeedSet", "load_seeds", "read_hf_seeds", "read_jsonl_seeds", "register_seed_source",
+           "seed_from_record", "seed_sources"]

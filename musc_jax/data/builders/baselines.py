@@ -29,7 +29,7 @@ import random
 from typing import Any, Sequence
 
 from musc_jax.data.builders.spar import builder_config
-from musc_jax.data.judge import JUDGES, Judge, JudgeStats, derive_seed, make_judge
+from musc_jax.data.judge import JUDGES, SIGNAL, Judge, JudgeStats, derive_seed, make_judge
 from musc_jax.data.policy import Policy, Sampling
 from musc_jax.data.roles import respond_messages
 from musc_jax.data.seeds import Seed
@@ -122,7 +122,7 @@ def build_self_reward(seeds: Sequence[Seed], policy: Policy, cfg: Any = None, se
              "empty_samples": sum(len(ys) for ys in samples) - len(where),
              "too_few": too_few, "all_tied": tied, "identical": identical, "pairs": len(rows),
              "judge_votes": js.votes, "judge_unparsable": js.unparsable, "judge_ties": js.ties,
-             "judge_agreement": js.agreement,
+             "judge_agreement": js.agreement, "signal": SIGNAL[c.judge],
              "mean_value": (sum(v for vs in values for _, v in vs)
                             / max(1, sum(len(vs) for vs in values)))}
     return rows, stats
@@ -150,7 +150,8 @@ def build_random(seeds: Sequence[Seed], policy: Policy, cfg: Any = None,
             swapped += 1
         rows.append(_row(s, a, b, "random", seed, p, random={"swapped": flip}))
     stats = {"prompts": len(seeds), "samples": sum(len(ys) for ys in samples),
-             "empty": empty, "identical": identical, "swapped": swapped, "pairs": len(rows)}
+             "empty": empty, "identical": identical, "swapped": swapped, "pairs": len(rows),
+             "signal": "none"}   # a coin labels the pairs: no preference signal at all
     return rows, stats
 
 

@@ -8,7 +8,7 @@ Each seed starts a chain at (x0, y0): x0 is the seed instruction with its typed 
 (`meta["response"]`) when given, else the first of `start_samples` policy samples that the
 checker accepts (a chain with none is dropped and counted). With the rule evolver x0 is composed
 from (task, constraints) with the seed's composer seed (`meta["compose_seed"]` when the seed has
-one, as microworld seeds do, so x0 is then the seed's own text), so that every x_k of the chain is
+one, as a generated world's seeds do, so x0 is then the seed's own text), so that every x_k of the chain is
 composed alike; policy and teacher evolvers start from the seed text.
 
 Then `rounds` times, for every chain: evolve x_{k-1} into x_k (one added or tightened
@@ -20,10 +20,13 @@ previous good answer is a hard negative that misses only the new requirement. `c
 the added / tightened constraints (corruption-style records), so MuSC token weights and the
 per-constraint weight mass work on ECD pairs too.
 
-The checker is a batched callable `(items) -> [True | False | None]` over `CheckItem`s; the default
-`verifier_checker` verifies the typed constraints (a free-text constraint cannot be verified and
-does not block). A judge can be passed in the same shape; None (an unparseable verdict) rejects
-and is counted. `meta["negativity"]` records whether y_{k-1} really violates the new constraint;
+The checker is a batched callable `(items) -> [True | False | None]` over `CheckItem`s, named by
+`checker`: "verifier" (`verifier_checker`: the typed constraints' verifiers, the metric's own
+oracle; a free-text constraint cannot be verified and does not block), "self" (the policy judges
+with `checker_votes` votes, `judge_checker`: no stronger model) or "teacher" (a separate model
+judging the same way). Any callable can be passed as `checker=`; None (a tie or an unparseable
+verdict) rejects and is counted. `stats["signal"]` is "self" only for the policy's own checker
+without `require_negative`. `meta["negativity"]` records whether y_{k-1} really violates the new constraint;
 `require_negative=True` keeps only such pairs (the chain still advances).
 """
 
@@ -39,15 +42,16 @@ from musc_jax.data.builders.musc import (NEGATIVITY_COUNTS, config_from, count_n
                                          seed_meta, stage_seed)
 from musc_jax.data.constraints import Constraint, verify
 from musc_jax.data.decompose import decompose_instruction
+from musc_jax.data.judge import SelfJudge, derive_seed
 from musc_jax.data.evolve import (EVOLVERS, ChainState, Evolution, Evolver, PolicyEvolver,
-                                  RuleEvolver)
+                                  RuleEvolver, make_rule_evolver)
 from musc_jax.data.policy import Policy, Sampling
 from musc_jax.data.recombine import STYLES, compose
 from musc_jax.data.roles import respond_messages
 from musc_jax.data.seeds import Seed
 
 DECOMPOSERS = ("given", "rule")
-CHECKERS = ("verifier",)
+CHECKERS = ("self", "verifier", "teacher")
 
 
 class CheckItem(NamedTuple):
@@ -57,6 +61,22 @@ class CheckItem(NamedTuple):
 
 
 Checker = Callable[[Sequence[CheckItem]], list]
+
+
+def judge_checker(judge: SelfJudge, seed: int = 0) -> Checker:
+    """A checker from a judge (the policy or a teacher voting): its majority verdict per item
+    (None for a tie or no parsable vote, which rejects and is counted). Each call uses a fresh
+    sub-seed, so repeated checks of a chain are not copies of one another."""
+    calls = [0]
+
+    def check(items: Sequence[CheckItem]) -> list:
+        calls[0] += 1
+        js = judge.judge([(it.instruction, it.response, None) for it in items],
+                         seed=derive_seed(seed, "check", calls[0]))
+        return [j.verdict if it.response.strip() else False for it, j in zip(items, js)]
+
+    check.judge = judge  # type: ignore[attr-defined]  (its stats: votes, unparsable, ...)
+    return check
 
 
 def verifier_checker(items: Sequence[CheckItem]) -> list[bool]:
@@ -73,7 +93,7 @@ class EcdConfig:
     evolver: str = "rule"               # "rule" | "policy" | "teacher"
     rounds: int = 3                     # K evolution attempts per chain
     p_tighten: float = 0.3              # rule evolver: chance to tighten a bound instead of adding
-    types: str = "microworld"           # rule evolver: "microworld" | "ifeval" | "all" | "id,id,..."
+    types: str = "all"                  # rule evolver: a registered name | "ifeval" | "all" | "id,id,..."
     decomposer: str = "given"           # "given" (rule when a seed has none) | "rule"
     compose_style: str = "paragraph"
     evolve_temperature: float = 0.7    # policy / teacher evolvers
@@ -84,7 +104,10 @@ class EcdConfig:
     max_new_tokens: int = 256
     answer_samples: int = 1             # samples per answer; the first that passes is kept
     start_samples: int = 4              # samples for y0; the first that passes is kept
-    checker: str = "verifier"           # built in: "verifier"; pass checker=... for a judge
+    checker: str = "verifier"           # "self" (the policy votes) | "verifier" | "teacher" (votes)
+    checker_votes: int = 5              # self / teacher checker: sampled verdicts (majority)
+    checker_temperature: float = 0.7
+    checker_max_new_tokens: int = 24
     require_negative: bool = False      # keep only pairs whose y_{k-1} violates the new constraint
     keep_unverifiable: bool = True      # with require_negative: keep pairs with nothing verifiable
     drop_identical: bool = True         # no pair when y_k == y_{k-1} (the chain still advances)
@@ -95,8 +118,8 @@ class EcdConfig:
         if self.decomposer not in DECOMPOSERS:
             raise ValueError(f"ecd.decomposer={self.decomposer!r}: choose one of {DECOMPOSERS}")
         if self.checker not in CHECKERS:
-            raise ValueError(f"ecd.checker={self.checker!r}: built-in checkers are {CHECKERS}; pass "
-                             "a judge as build_ecd(..., checker=fn)")
+            raise ValueError(f"ecd.checker={self.checker!r}: choose one of {CHECKERS} (or pass "
+                             "a callable as build_ecd(..., checker=fn))")
         if self.compose_style not in STYLES:
             raise ValueError(f"ecd.compose_style={self.compose_style!r}: choose one of {STYLES}")
         if self.rounds < 1 or self.answer_samples < 1 or self.start_samples < 1:
@@ -109,9 +132,7 @@ class EcdConfig:
 
 def make_evolver(cfg: EcdConfig, policy: Policy, teacher: Policy | None = None) -> Evolver:
     if cfg.evolver == "rule":
-        if cfg.types == "microworld":
-            return RuleEvolver.for_microworld(cfg.p_tighten, cfg.compose_style)
-        return RuleEvolver(cfg.types, cfg.p_tighten, style=cfg.compose_style)
+        return make_rule_evolver(cfg.types, cfg.p_tighten, cfg.compose_style)
     sampling = Sampling(temperature=cfg.evolve_temperature, max_new_tokens=cfg.evolve_max_new_tokens)
     if cfg.evolver == "teacher":
         if teacher is None:
@@ -162,7 +183,20 @@ def build_ecd(seeds: Sequence[Seed], policy: Policy, cfg: EcdConfig | Mapping | 
               evolver: Evolver | None = None) -> tuple[list[dict], dict[str, Any]]:
     """ECD pairs from evolution chains started at `seeds` (see the module doc): (rows, stats)."""
     cfg = config_from(EcdConfig, cfg)
-    checker = checker or verifier_checker
+    signal = "checker" if cfg.checker != "self" or cfg.require_negative else "self"
+    if checker is not None:
+        signal = getattr(checker, "signal", "checker")
+    elif cfg.checker == "verifier":
+        checker = verifier_checker
+    else:
+        if cfg.checker == "teacher" and teacher is None:
+            raise ValueError("ecd.checker='teacher' needs a teacher Policy (build_ecd(..., "
+                             "teacher=...); the CLI loads it from teacher.path)")
+        checker = judge_checker(SelfJudge(policy if cfg.checker == "self" else teacher,
+                                          votes=cfg.checker_votes,
+                                          temperature=cfg.checker_temperature,
+                                          max_new_tokens=cfg.checker_max_new_tokens),
+                                stage_seed(seed, "checker"))
     evolver = evolver or make_evolver(cfg, policy, teacher)
     recompose = isinstance(evolver, RuleEvolver)
     counts: collections.Counter = collections.Counter()
@@ -217,7 +251,13 @@ def build_ecd(seeds: Sequence[Seed], policy: Policy, cfg: EcdConfig | Mapping | 
         "start_given": counts["start_given"],
         "chain_lengths": {str(n): c for n, c in sorted(collections.Counter(accepted.values()).items())},
         "negativity": {c: neg_counts[c] for c in NEGATIVITY_COUNTS},
+        "signal": signal,
+        "checker": cfg.checker,
     }
+    judge = getattr(checker, "judge", None)
+    if judge is not None:
+        out["roles"] = {"judge": {"calls": judge.stats.votes,
+                                  "parsed": judge.stats.votes - judge.stats.unparsable}}
     out["rates"] = finalize_rates(out)
     out["rates"]["step_acceptance_rate"] = (out["steps_accepted"] / out["steps_tried"]
                                             if out["steps_tried"] else None)
@@ -252,4 +292,4 @@ def _row(s: Seed, j: int, k: int, prev: ChainState, ev: Evolution, y: str, evolv
 
 
 __all__ = ["CHECKERS", "CheckItem", "Checker", "DECOMPOSERS", "EcdConfig", "build_ecd",
-           "make_evolver", "verifier_checker"]
+           "judge_checker", "make_evolver", "verifier_checker"]

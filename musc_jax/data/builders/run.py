@@ -58,7 +58,7 @@ from musc_jax.data import pairs_io
 from musc_jax.data.builders.ecd import EcdConfig
 from musc_jax.data.builders.musc import MuscConfig, config_from, finalize_rates, stage_seed
 from musc_jax.data.policy import ModelPolicy, Policy
-from musc_jax.data.seeds import ON_ERROR, SOURCES, load_seeds
+from musc_jax.data.seeds import ON_ERROR, load_seeds, seed_sources
 from musc_jax.data.weights import (KINDS as WEIGHT_KINDS, WeightConfig, compute_token_weights,
                                    mass_shares, weight_mass_counts)
 
@@ -79,26 +79,25 @@ RUNTIME_KEYS = ("pairs.progress",)
 
 
 def base_pairs_config(method: str = "musc") -> ConfigDict:
-    """Every key `build_pairs` understands, with defaults (the microworld, small sizes)."""
-    from musc_jax.microworld.assets import BASE_MODEL, WORLD_SEED
-
+    """Every key `build_pairs` understands, with generic defaults (small sizes). A world's
+    package gives its own defaults on top (its seed source, its base model)."""
     c = ConfigDict()
     c.seed = 0
     c.model = ConfigDict(dict(
-        path=str(BASE_MODEL),   # HF directory of the policy (= the reference for token weights)
+        path="",                # HF directory of the policy (= the reference for token weights)
         tokenizer="",           # another directory for the tokenizer, if different
         param_dtype="float32",
         batch_size=64,          # conversations per generation batch
     ))
     c.data = ConfigDict(dict(
-        source="microworld",    # "microworld" | "jsonl" | "hf" (a local HF dataset)
+        source="jsonl",         # "jsonl" | "hf" (a local HF dataset) | a registered source
         path="",                # jsonl file / HF dataset path
         prompt_field="prompt",  # column holding the instruction
         split="",               # HF split ("" = the only one)
         on_error="error",       # malformed seed rows: "error" (names file/line/field) | "skip" (counted)
-        num_seeds=64,           # microworld: instructions to sample; else: keep the first n (0 = all)
-        levels=(2, 3, 4, 5),    # microworld: constraint counts, cycled
-        world_seed=WORLD_SEED,  # microworld lexicon
+        num_seeds=64,           # generated source: seeds to make; else: keep the first n (0 = all)
+        levels=(2, 3, 4, 5),    # generated source: constraint counts, cycled
+        world_seed=0,           # generated source: its world (lexicon)
     ))
     c.pairs = ConfigDict(dict(
         method=method,          # "musc" | "ecd" | "spar" | "self_reward" | "random"
@@ -249,8 +248,7 @@ def load_model_policy(model_cfg: ConfigDict, path: str | None = None) -> ModelPo
     path = model_cfg.path if path is None else path
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(
-            f"{path}: no HF model directory (config.json missing); set model.path (the microworld "
-            "base model is built by python -m musc_jax.sft --config configs/microworld_sft.py)")
+            f"{path}: no HF model directory (config.json missing); set model.path")
     model = from_pretrained(path, dtype=jnp.dtype(model_cfg.param_dtype))
     tokenizer = load_tokenizer((model_cfg.tokenizer or path) if own else path, model.config.vocab_size)
     return ModelPolicy(model, tokenizer, batch_size=int(model_cfg.batch_size))
@@ -274,8 +272,10 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
                                   "write the same shards); start python -m musc_jax.pairs alone")
     method = config.pairs.method
     fn = builder_fn(method)
-    if config.data.source not in SOURCES:
-        raise ValueError(f"data.source={config.data.source!r}: choose one of {', '.join(SOURCES)}")
+    if config.data.source not in seed_sources():
+        raise ValueError(f"data.source={config.data.source!r}: choose one of "
+                         f"{', '.join(seed_sources())} (a generated source is registered by "
+                         "importing its package)")
     if config.data.on_error not in ON_ERROR:
         raise ValueError(f"data.on_error={config.data.on_error!r}: choose one of {ON_ERROR}")
     kind = config.weights.kind
@@ -324,9 +324,10 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
         extra: dict[str, Any] = {}
         if method == "ecd":
             teach = teacher
-            if teach is None and config.ecd.evolver == "teacher":
+            if teach is None and "teacher" in (config.ecd.evolver, config.ecd.checker):
                 if not config.teacher.path:
-                    raise ValueError("ecd.evolver='teacher' needs teacher.path (an HF model dir)")
+                    raise ValueError("ecd.evolver/checker='teacher' needs teacher.path (an HF "
+                                     "model dir)")
                 teach = load_model_policy(config.model, config.teacher.path)
             extra = {"teacher": teach, "checker": checker}
         state["extra"] = {**extra, **builder_kwargs}
@@ -437,6 +438,7 @@ def _summarise(method: str, pairs_dir: Path, n_shards: int, built: int, seedset,
         negativity = _find(builder, "negative_rate")
     return {
         "method": method,
+        "signal": builder.get("signal"),   # "self" | "checker" (| "none" for random pairs)
         "pairs_dir": str(pairs_dir),
         "pairs": int(sum(pairs)),
         "seeds": {"loaded": len(seedset.seeds), "read": seedset.num_read,

@@ -38,13 +38,16 @@ key is an error naming it):
     samples=5              actor responses per prompt
     actor_temperature=0.9  actor_top_p=0.9  actor_top_k=0
     max_new_tokens=128     actor and refiner responses
-    judge="self"           "self" | "verifier"
+    judge="self"           "self" (signal "self") | "verifier" (signal "checker")
     judge_votes=5          judge_temperature=0.7  judge_max_new_tokens=96
+    judge_critique=True    the judge prompt asks for a short critique before "Verdict: yes|no"
     branch=3  keep=2  max_depth=3  gate=0.5  search="bfs" ("bfs" | "dfs")
     budget=0               refinements per tree (0: unlimited)
     refine_temperature=0.7 refine_top_p=1.0
     refine_sft="last"      "last" | "root" | "both" (which refine prompt a trace teaches)
     contested_sft=True     add contested judgements to the refiner SFT data
+    max_refine_sft=0  max_judge_sft=0   per-iteration caps on the refiner SFT rows (0: none);
+                           judge rows are kept balanced between "yes" and "no" verdicts
 """
 
 from __future__ import annotations
@@ -56,11 +59,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from musc_jax.data.builders.musc import config_from
-from musc_jax.data.judge import (JUDGES, Judge, Judgement, JudgeStats, derive_seed,
+from musc_jax.data.judge import (JUDGES, SIGNAL, Judge, Judgement, JudgeStats, derive_seed,
                                  make_judge)
 from musc_jax.data.policy import Policy, Sampling
 from musc_jax.data.refine import STOPS, STRATEGIES, Root, SearchConfig, SearchResult, search
-from musc_jax.data.roles import judge_messages, refine_messages, respond_messages
+from musc_jax.data.roles import (critique_judge_messages, judge_messages, refine_messages,
+                                 respond_messages)
 from musc_jax.data.seeds import Seed
 
 REFINE_SFT = ("last", "root", "both")
@@ -85,6 +89,7 @@ class SparConfig:
     judge_votes: int = 5
     judge_temperature: float = 0.7
     judge_max_new_tokens: int = 96
+    judge_critique: bool = True         # the judge writes a short critique before yes/no
     branch: int = 3
     keep: int = 2
     max_depth: int = 3
@@ -95,6 +100,8 @@ class SparConfig:
     refine_top_p: float = 1.0
     refine_sft: str = "last"
     contested_sft: bool = True
+    max_refine_sft: int = 0             # per iteration, refinement traces kept (0: all)
+    max_judge_sft: int = 0              # per iteration, judge rows kept, balanced yes/no (0: all)
 
     def __post_init__(self) -> None:
         if self.judge not in JUDGES:
@@ -140,6 +147,18 @@ def _meta(s: Seed, seed: int, index: int, **extra: Any) -> dict:
     return {**s.meta, "seed": seed, "index": index, **extra}
 
 
+def _balanced(rows: list[dict], cap: int) -> list[dict]:
+    """At most `cap` judge rows (0: all), half "yes" and half "no" verdicts where both are
+    there (the rest filled from the larger side), in their original order."""
+    if not cap or len(rows) <= cap:
+        return rows
+    yes = [i for i, r in enumerate(rows) if r["verdict"] is True]
+    no = [i for i, r in enumerate(rows) if r["verdict"] is not True]
+    take_yes = min(len(yes), max(cap // 2, cap - len(no)))
+    keep = set(yes[:take_yes]) | set(no[:cap - take_yes])
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
@@ -156,7 +175,7 @@ def build_spar(seeds: Sequence[Seed], policy: Policy, cfg: Any = None, seed: int
     refiner = policy if refiner is None else refiner
     if judge is None:
         judge = make_judge(c.judge, refiner, votes=c.judge_votes, temperature=c.judge_temperature,
-                           max_new_tokens=c.judge_max_new_tokens)
+                           max_new_tokens=c.judge_max_new_tokens, critique=c.judge_critique)
     seeds = list(seeds)
     extra_meta = {} if round is None else {"round": round}
 
@@ -215,12 +234,21 @@ def build_spar(seeds: Sequence[Seed], policy: Policy, cfg: Any = None, seed: int
         judged.extend((res.instruction, n.response, n.judged) for n in res.trace[1:]
                       if n.judged is not None)
     n_contested = 0
+    judge_prompt = critique_judge_messages if c.judge_critique else judge_messages
+    judge_rows = []
     for instruction, response, j in judged:
         if j.contested:
             n_contested += 1
             if c.contested_sft:
-                sft.append({"prompt": judge_messages(instruction, response), "response": j.text,
-                            "role": "judge"})
+                judge_rows.append({"prompt": judge_prompt(instruction, response),
+                                   "response": j.text, "role": "judge", "verdict": j.verdict})
+    refine_rows = sft
+    capped = {"refine": max(0, len(refine_rows) - c.max_refine_sft) if c.max_refine_sft else 0}
+    if c.max_refine_sft:
+        refine_rows = refine_rows[:c.max_refine_sft]
+    kept_judge = _balanced(judge_rows, c.max_judge_sft)
+    capped["judge"] = len(judge_rows) - len(kept_judge)
+    sft = refine_rows + [{k: v for k, v in r.items() if k != "verdict"} for r in kept_judge]
 
     label_stats = JudgeStats.of(list(labels.values()))
     all_stats = JudgeStats.of([j for _, _, j in judged])
@@ -253,6 +281,9 @@ def build_spar(seeds: Sequence[Seed], policy: Policy, cfg: Any = None, seed: int
         "contested_judgements": n_contested,
         "refiner_sft_refine": sum(r["role"] == "refine" for r in sft),
         "refiner_sft_judge": sum(r["role"] == "judge" for r in sft),
+        "refiner_sft_capped_refine": capped["refine"],
+        "refiner_sft_capped_judge": capped["judge"],
+        "signal": SIGNAL[c.judge],
         "refiner_sft": sft,
     }
     return SparResult(rows, stats, sft, results)
