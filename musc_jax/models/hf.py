@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from musc_jax.models.config import ConfigError, ModelConfig, config_from_hf, config_to_hf
 from musc_jax.models.llama import DecoderLM
+from musc_jax.errors import MissingFileError, UserError
 from musc_jax.models.safetensors_io import TensorIndex, write_safetensors
 from musc_jax.sharding import LOGICAL_RULES, state_shardings, variable_sharding
 
@@ -32,7 +33,7 @@ _PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """An HF directory whose weights do not match the model its config describes."""
 
 
@@ -62,26 +63,36 @@ OUT_HEADS = Layout(lambda a, s: a.T.reshape(s), lambda a: a.reshape(-1, a.shape[
 BIAS_HEADS = Layout(lambda a, s: a.reshape(s), lambda a: a.reshape(-1), lambda s: (s[0] * s[1],))
 
 
-def key_table(cfg: ModelConfig) -> list[tuple[str, tuple[Any, ...], Layout]]:
-    """(HF tensor name, our state path, layout) for every parameter of a model with `cfg`."""
-    table: list[tuple[str, tuple[Any, ...], Layout]] = [("model.embed_tokens.weight", ("embed",), SAME)]
+def key_table(cfg: ModelConfig, scan_layers: bool = False
+              ) -> list[tuple[str, tuple[Any, ...], Layout, int | None]]:
+    """(HF tensor name, our state path, layout, layer) for every parameter of a model with `cfg`.
+
+    With `scan_layers` the layers' parameters are stacked: every layer's tensor maps to the same
+    path and `layer` is its index on the leading axis; otherwise `layer` is None.
+    """
+    table: list[tuple[str, tuple[Any, ...], Layout, int | None]] = []
+
+    def add(name, path, layout, layer=None):
+        table.append((name, path, layout, layer))
+
+    add("model.embed_tokens.weight", ("embed",), SAME)
     for i in range(cfg.num_layers):
-        hf, us = f"model.layers.{i}", ("layers", i)
+        hf, us, at = f"model.layers.{i}", ("layers",) if scan_layers else ("layers", i), i if scan_layers else None
         for p in ("q", "k", "v"):
-            table.append((f"{hf}.self_attn.{p}_proj.weight", us + ("attn", f"{p}_proj"), IN_HEADS))
+            add(f"{hf}.self_attn.{p}_proj.weight", us + ("attn", f"{p}_proj"), IN_HEADS, at)
             if cfg.attention_bias:
-                table.append((f"{hf}.self_attn.{p}_proj.bias", us + ("attn", f"{p}_bias"), BIAS_HEADS))
-        table.append((f"{hf}.self_attn.o_proj.weight", us + ("attn", "o_proj"), OUT_HEADS))
+                add(f"{hf}.self_attn.{p}_proj.bias", us + ("attn", f"{p}_bias"), BIAS_HEADS, at)
+        add(f"{hf}.self_attn.o_proj.weight", us + ("attn", "o_proj"), OUT_HEADS, at)
         if cfg.qk_norm:
-            table.append((f"{hf}.self_attn.q_norm.weight", us + ("attn", "q_norm", "scale"), SAME))
-            table.append((f"{hf}.self_attn.k_norm.weight", us + ("attn", "k_norm", "scale"), SAME))
+            add(f"{hf}.self_attn.q_norm.weight", us + ("attn", "q_norm", "scale"), SAME, at)
+            add(f"{hf}.self_attn.k_norm.weight", us + ("attn", "k_norm", "scale"), SAME, at)
         for p in ("gate", "up", "down"):
-            table.append((f"{hf}.mlp.{p}_proj.weight", us + ("mlp", f"{p}_proj"), LINEAR))
-        table.append((f"{hf}.input_layernorm.weight", us + ("input_norm", "scale"), SAME))
-        table.append((f"{hf}.post_attention_layernorm.weight", us + ("post_attn_norm", "scale"), SAME))
-    table.append(("model.norm.weight", ("norm", "scale"), SAME))
+            add(f"{hf}.mlp.{p}_proj.weight", us + ("mlp", f"{p}_proj"), LINEAR, at)
+        add(f"{hf}.input_layernorm.weight", us + ("input_norm", "scale"), SAME, at)
+        add(f"{hf}.post_attention_layernorm.weight", us + ("post_attn_norm", "scale"), SAME, at)
+    add("model.norm.weight", ("norm", "scale"), SAME)
     if not cfg.tie_word_embeddings:
-        table.append(("lm_head.weight", ("lm_head",), LINEAR))
+        add("lm_head.weight", ("lm_head",), LINEAR)
     return table
 
 
@@ -89,7 +100,7 @@ def read_config(path: Path) -> ModelConfig:
     """ModelConfig from `path/config.json`, with errors that name the file."""
     file = path / "config.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: no config.json; an HF model directory needs one")
+        raise MissingFileError(f"{file}: no config.json; an HF model directory needs one")
     try:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as e:
@@ -121,12 +132,14 @@ def weight_files(path: Path) -> list[Path]:
             "code when loaded, so musc_jax refuses them. Convert them to safetensors first, e.g. "
             "transformers' AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, "
             "safe_serialization=True), in an environment you trust.")
-    raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} found")
+    raise MissingFileError(f"{path}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} found")
 
 
-def _abstract_model(cfg: ModelConfig, dtype, compute_dtype=None, remat: bool = False) -> DecoderLM:
+def _abstract_model(cfg: ModelConfig, dtype, compute_dtype=None, remat: bool | str = False,
+                    attention: str = "auto", scan_layers: bool = False) -> DecoderLM:
     return nnx.eval_shape(lambda: DecoderLM(cfg, dtype=compute_dtype or dtype, param_dtype=dtype,
-                                            rngs=nnx.Rngs(0), remat=remat))
+                                            rngs=nnx.Rngs(0), remat=remat, attention=attention,
+                                            scan_layers=scan_layers))
 
 
 def _names_list(names) -> str:
@@ -136,25 +149,28 @@ def _names_list(names) -> str:
 
 
 def from_pretrained(path: str | Path, dtype=jnp.float32, mesh: Mesh | None = None,
-                    rules=LOGICAL_RULES, compute_dtype=None, remat: bool = False) -> DecoderLM:
+                    rules=LOGICAL_RULES, compute_dtype=None, remat: bool | str = False,
+                    attention: str = "auto", scan_layers: bool = False) -> DecoderLM:
     """Load an HF Llama-family directory into a DecoderLM with parameters in `dtype`.
 
     With `mesh`, each parameter is created directly in the sharding that `rules` give it (each
     device reads only its own slice from disk). `compute_dtype` (default `dtype`) is the dtype of
-    activations and matmuls; `remat` recomputes each layer's activations in the backward pass.
+    activations and matmuls; `remat` is the layers' checkpoint policy (`llama.REMAT_POLICIES`,
+    True = "full"); `attention` the kernel (`attention.IMPLEMENTATIONS`); `scan_layers` stacks
+    the layers' parameters (each HF layer tensor becomes one slice of the stacked parameter).
     """
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: model directory not found")
+        raise MissingFileError(f"{path}: model directory not found")
     cfg = read_config(path)
     files = weight_files(path)
     index = TensorIndex(files)
-    model = _abstract_model(cfg, dtype, compute_dtype, remat)
+    model = _abstract_model(cfg, dtype, compute_dtype, remat, attention, scan_layers)
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
-    table = key_table(cfg)
+    table = key_table(cfg, scan_layers)
 
-    expected = {name for name, _, _ in table}
+    expected = {name for name, _, _, _ in table}
     available = {n for n in index.names() if not n.endswith(_IGNORED_SUFFIXES)}
     if cfg.tie_word_embeddings:
         available.discard("lm_head.weight")  # some tied checkpoints store the copy anyway
@@ -166,14 +182,18 @@ def from_pretrained(path: str | Path, dtype=jnp.float32, mesh: Mesh | None = Non
                               f"{_names_list(unexpected)}")
 
     np_dtype = np.dtype(jnp.dtype(dtype))
-    for name, our_path, layout in table:
+    stacked: dict[tuple, list[tuple[str, Layout]]] = {}
+    for name, our_path, layout, layer in table:
         var = flat[our_path]
-        shape = tuple(var.shape)
+        shape = tuple(var.shape) if layer is None else tuple(var.shape[1:])
         want = layout.hf_shape(shape)
         found = index.shape(name)
         if tuple(found) != tuple(want):
             raise CheckpointError(f"{index.entries[name][0]}: tensor {name!r} has shape {tuple(found)}, "
                                   f"expected {tuple(want)} from config.json")
+        if layer is not None:
+            stacked.setdefault(our_path, []).append((name, layout))
+            continue
         view = layout.to_ours(index.get(name), shape)
         if mesh is None:
             value = jax.device_put(np.array(view, dtype=np_dtype, order="C"))
@@ -183,7 +203,27 @@ def from_pretrained(path: str | Path, dtype=jnp.float32, mesh: Mesh | None = Non
                 shape, sharding, lambda idx, v=view: np.array(v[idx], dtype=np_dtype, order="C"))
         var.set_value(value) if hasattr(var, "set_value") else setattr(var, "value", value)
         del view
+    for our_path, names in stacked.items():
+        _load_stacked(flat[our_path], names, index, np_dtype, mesh, rules)
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _load_stacked(var, names: list[tuple[str, Layout]], index: TensorIndex, np_dtype, mesh,
+                  rules) -> None:
+    """Fill a stacked [layers, ...] parameter from one HF tensor per layer (lazily, per slice)."""
+    shape = tuple(var.shape)
+
+    def rows(idx=None):
+        idx = idx or (slice(None),) * len(shape)
+        layers = range(shape[0])[idx[0]]
+        return np.stack([np.array(names[i][1].to_ours(index.get(names[i][0]), shape[1:])[idx[1:]],
+                                  dtype=np_dtype) for i in layers])
+
+    if mesh is None:
+        value = jax.device_put(rows())
+    else:
+        value = jax.make_array_from_callback(shape, variable_sharding(var, mesh, rules), rows)
+    var.set_value(value) if hasattr(var, "set_value") else setattr(var, "value", value)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -215,15 +255,16 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, max_shard_size: int |
     out = Path(out_dir)
     cfg: ModelConfig = model.config
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    table = key_table(cfg)
+    table = key_table(cfg, getattr(model, "scan_layers", False))
     first = flat[table[0][1]]
     np_dtype = np.dtype(jnp.dtype(dtype or first.dtype))
     limit = _parse_size(max_shard_size)
 
-    shards: list[list[tuple[str, tuple, Layout]]] = [[]]
+    shards: list[list[tuple[str, tuple, Layout, int | None]]] = [[]]
     size = 0
     for entry in table:
-        nbytes = math.prod(flat[entry[1]].shape) * np_dtype.itemsize
+        full = flat[entry[1]].shape
+        nbytes = math.prod(full if entry[3] is None else full[1:]) * np_dtype.itemsize
         if shards[-1] and size + nbytes > limit:
             shards.append([])
             size = 0
@@ -238,8 +279,9 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, max_shard_size: int |
     weight_map, total = {}, 0
     for fname, shard in zip(names, shards):
         tensors = {}
-        for name, our_path, layout in shard:
-            arr = _to_host(flat[our_path][...]).astype(np_dtype)
+        for name, our_path, layout, layer in shard:
+            value = flat[our_path][...]
+            arr = _to_host(value if layer is None else value[layer]).astype(np_dtype)
             tensors[name] = np.ascontiguousarray(layout.to_hf(arr))
             weight_map[name] = fname
             total += tensors[name].nbytes
@@ -274,14 +316,18 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None):
 
 
 def init_model(cfg: ModelConfig, seed: int = 0, dtype=jnp.float32, mesh: Mesh | None = None,
-               rules=LOGICAL_RULES) -> DecoderLM:
-    """A randomly initialised model, created directly in its sharding when `mesh` is given."""
+               rules=LOGICAL_RULES, **options) -> DecoderLM:
+    """A randomly initialised model, created directly in its sharding when `mesh` is given.
+
+    `options` go to DecoderLM (remat, attention, scan_layers); a seed gives the same weights
+    with and without scan_layers."""
     if mesh is None:
-        return DecoderLM(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(seed))
-    graphdef, state = nnx.split(_abstract_model(cfg, dtype))
+        return DecoderLM(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(seed), **options)
+    graphdef, state = nnx.split(_abstract_model(cfg, dtype, **options))
 
     def make():
-        return nnx.state(DecoderLM(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(seed)))
+        return nnx.state(DecoderLM(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(seed),
+                                   **options))
 
     state = jax.jit(make, out_shardings=state_shardings(state, mesh, rules))()
     return nnx.merge(graphdef, state)
