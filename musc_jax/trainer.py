@@ -7,6 +7,7 @@ loop with metrics, NaN guard, orbax checkpoints and resume -> HF export.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from musc_jax import config as config_lib
 from musc_jax.checkpoint import Checkpointer, abstract_like
 from musc_jax.metrics import MetricsWriter, check_finite
 from musc_jax.models import from_pretrained, load_tokenizer, save_pretrained
+from musc_jax.models import lora as lora_lib
 from musc_jax.optim import make_optimizer
 from musc_jax.sharding import make_mesh, state_shardings
 from musc_jax.train_step import StepConfig, make_eval_step, make_train_step
@@ -63,6 +65,15 @@ class Trainer:
         self.data: TrainingData = build_training_data(c, self.tokenizer, self.mesh,
                                                       self.graphdef, self.params, self.cfg)
         self.total_steps = self.data.total_steps
+        # LoRA (model.lora.rank > 0): from here `params` are the adapters, the only trained
+        # state; the base weights stay frozen in `base_params` (see musc_jax.models.lora).
+        self.lora = lora_lib.LoraConfig.from_config(c.model.lora)
+        self.base_params = self.base_shardings = None
+        if self.lora is not None:
+            self.base_params, self.base_shardings = self.params, self.param_shardings
+            self.param_shardings = lora_lib.adapter_shardings(self.base_params, self.lora, self.mesh)
+            init = functools.partial(lora_lib.init_adapter, cfg=self.lora, key=jax.random.key(c.seed))
+            self.params = jax.jit(init, out_shardings=self.param_shardings)(self.base_params)
         self.tx, self.schedule = make_optimizer(c.optim, self.total_steps)
         # Moments follow their parameters' shardings; scalars (step counts) are replicated.
         replicated = NamedSharding(self.mesh, P())
@@ -73,6 +84,8 @@ class Trainer:
         # The reference is a separate copy: the policy's buffers are donated to each step.
         self.ref_params = (jax.tree.map(jnp.copy, self.params)
                            if self.cfg.reference == "online" else None)
+        if self.lora is not None:  # the LoRA step takes the base there; adapter off = reference
+            self.ref_params = self.base_params
         self.step = 0
         self.callbacks: list[Callable[["Trainer"], None]] = []  # called after every step
         self.trace_count = 0  # times the train step was traced (tests check: once per bucket)
@@ -86,8 +99,13 @@ class Trainer:
     # ---- compilation -------------------------------------------------------------------------
 
     def _compile(self, pair_loss: Callable | None) -> None:
-        step_fn = make_train_step(self.graphdef, self.cfg, self.tx, self.schedule, pair_loss)
-        eval_fn = make_eval_step(self.graphdef, self.cfg, pair_loss)
+        if self.lora is None:
+            step_fn = make_train_step(self.graphdef, self.cfg, self.tx, self.schedule, pair_loss)
+            eval_fn = make_eval_step(self.graphdef, self.cfg, pair_loss)
+        else:
+            step_fn = lora_lib.make_train_step(self.graphdef, self.cfg, self.lora, self.tx,
+                                               self.schedule, pair_loss)
+            eval_fn = lora_lib.make_eval_step(self.graphdef, self.cfg, self.lora, pair_loss)
 
         def counted(*args):
             self.trace_count += 1
@@ -95,6 +113,8 @@ class Trainer:
 
         replicated = NamedSharding(self.mesh, P())
         ref_sh = self.param_shardings if self.ref_params is not None else None
+        if self.lora is not None:
+            ref_sh = self.base_shardings
         batch_sh = self.data.batch_sharding
         self._train_step = jax.jit(
             counted, in_shardings=(self.param_shardings, self.opt_shardings, batch_sh, ref_sh),
@@ -184,6 +204,9 @@ class Trainer:
     # ---- results -----------------------------------------------------------------------------
 
     def current_model(self) -> nnx.Module:
+        """The trained policy (with LoRA: the base with the adapters merged in)."""
+        if self.lora is not None:
+            return nnx.merge(self.graphdef, lora_lib.merge(self.base_params, self.params, self.lora))
         return nnx.merge(self.graphdef, self.params)
 
     def export(self, out_dir: str | Path | None = None) -> Path:
