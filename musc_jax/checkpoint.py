@@ -36,6 +36,11 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)), force=force)
 
+    def read_meta(self, step: int) -> dict:
+        """The JSON record of checkpoint `step` alone (no arrays are read)."""
+        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
+
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
         """Restore (state, meta, step) onto the shardings named by `abstract_state`.
 

@@ -6,11 +6,17 @@ locked, so a misspelt key (in a file or on the command line) is an error that na
 
 from __future__ import annotations
 
-from typing import Sequence
+import difflib
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
 
 import ml_collections
 from ml_collections import ConfigDict
 
+from musc_jax.errors import MissingFileError, UserError
 from musc_jax.losses import LOSS_TYPES, LossConfig
 from musc_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from musc_jax.models.llama import REMAT_POLICIES
@@ -80,7 +86,10 @@ def base_config() -> ConfigDict:
         shuffle=True,
     ))
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    c.checkpoint = ConfigDict(dict(every=0, keep=2, resume=True))  # every=0: only at the end
+    # every=0: only at the end. resume: continue from the workdir's latest checkpoint (refused,
+    # naming the keys, when it was made by a different training config). fresh: delete the
+    # workdir's checkpoints, metrics and export first and start again from step 0.
+    c.checkpoint = ConfigDict(dict(every=0, keep=2, resume=True, fresh=False))
     c.export = ConfigDict(dict(enabled=True, dtype=""))           # HF dir at <workdir>/export
     # python -m musc_jax.plan: the hardware a config targets; aot="tpu" compiles its steps for
     # `topology` with libtpu (musc_jax.aot).
@@ -93,9 +102,54 @@ def base_config() -> ConfigDict:
     return c
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+# Keys that do not change what a run computes (only speed, memory, logging or where output
+# goes): a resumed run may differ from its checkpoint in these. Every other key of the
+# TRAINING_SECTIONS must match, or the resume is refused.
+TRAINING_SECTIONS = ("objective", "seed", "model", "data", "loss", "weights", "reference",
+                     "optim", "train")
+NOT_TRAINING_KEYS = ("model.remat", "model.attention", "model.scan_layers", "data.eval",
+                     "train.log_every", "train.eval_every", "reference.cache_dir")
+PATH_KEYS = ("model.path", "model.tokenizer", "data.train")
+
+
 def _choice(c: ConfigDict, key: str, value, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        raise ValueError(f"config {key}={value!r}: choose one of {', '.join(allowed)}")
+        raise UserError(f"config {key}={value!r}: choose one of {', '.join(map(repr, allowed))}")
+
+
+def _check(ok: bool, key: str, value: Any, need: str) -> None:
+    if not ok:
+        raise UserError(f"config {key}={value!r}: {need}")
+
+
+def _check_numbers(c: ConfigDict) -> None:
+    """Ranges of the numeric keys (types are enforced by the locked ConfigDict)."""
+    o, t, d = c.optim, c.train, c.data
+    _check(math.isfinite(o.lr) and o.lr >= 0, "optim.lr", o.lr, "must be a finite number >= 0")
+    for key in ("warmup_steps", "weight_decay", "clip_norm"):
+        v = o[key]
+        _check(math.isfinite(v) and v >= 0, f"optim.{key}", v, "must be a finite number >= 0")
+    for key in ("b1", "b2"):
+        _check(0 <= o[key] < 1, f"optim.{key}", o[key], "must be in [0, 1)")
+    _check(o.eps > 0, "optim.eps", o.eps, "must be > 0")
+    _check(0 <= o.final_lr_ratio <= 1, "optim.final_lr_ratio", o.final_lr_ratio, "must be in [0, 1]")
+    _check(o.grad_accum >= 1, "optim.grad_accum", o.grad_accum, "must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    _check(t.epochs >= 0, "train.epochs", t.epochs, "must be >= 0")
+    _check(t.epochs > 0 or t.max_steps > 0, "train.epochs", t.epochs,
+           "is 0, so train.max_steps must be > 0 to train at all")
+    _check(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
+    _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0 (0 = at the end)")
+    _check(d.max_length >= 2, "data.max_length", d.max_length, "must be >= 2")
+    _check(d.max_prompt_length >= 1, "data.max_prompt_length", d.max_prompt_length, "must be >= 1")
+    _check(d.bucket >= 1, "data.bucket", d.bucket, "must be >= 1")
+    _check(d.sort_window >= 0, "data.sort_window", d.sort_window, "must be >= 0")
+    _check(c.checkpoint.every >= 0, "checkpoint.every", c.checkpoint.every, "must be >= 0 (0 = at the end)")
+    _check(c.checkpoint.keep >= 1, "checkpoint.keep", c.checkpoint.keep, "must be >= 1")
+    _check(c.weights.w_max > 0, "weights.w_max", c.weights.w_max, "must be > 0")
+    for axis, size in c.mesh.items():
+        _check(size == -1 or size >= 1, f"mesh.{axis}", size, "must be >= 1, or -1 for the rest")
 
 
 def validate(c: ConfigDict) -> None:
@@ -111,26 +165,113 @@ def validate(c: ConfigDict) -> None:
     _choice(c, "model.attention", c.model.attention, ATTENTION_IMPLEMENTATIONS)
     if not isinstance(c.model.remat, bool):
         _choice(c, "model.remat", c.model.remat, REMAT_POLICIES)
+    _choice(c, "model.param_dtype", c.model.param_dtype, DTYPES)
+    _choice(c, "model.compute_dtype", c.model.compute_dtype, ("",) + DTYPES)
+    _choice(c, "export.dtype", c.export.dtype, ("",) + DTYPES)
     if not c.model.path:
-        raise ValueError("config model.path is empty: set it to an HF model directory")
+        raise UserError("config model.path is empty: set it to an HF model directory")
     if not c.data.train:
-        raise ValueError("config data.train is empty: set it to a pairs dataset (Arrow dir or JSONL)")
+        raise UserError("config data.train is empty: set it to a pairs dataset (Arrow dir or JSONL)")
+    _check_numbers(c)
     if c.loss.loss_type != "sigmoid" and c.loss.label_smoothing:
-        raise ValueError(f"loss.label_smoothing={c.loss.label_smoothing} only applies to "
-                         f"loss_type='sigmoid', not {c.loss.loss_type!r}")
+        raise UserError(f"loss.label_smoothing={c.loss.label_smoothing} only applies to "
+                        f"loss_type='sigmoid', not {c.loss.loss_type!r}")
     if c.objective == "preference":
-        loss_config(c)  # its own checks: beta > 0, coefficients >= 0, not all zero
+        try:
+            loss_config(c)  # its own checks: beta > 0, coefficients >= 0, not all zero
+        except ValueError as e:
+            raise UserError(f"config loss: {e}") from None
     if c.train.batch_size % c.optim.grad_accum:
-        raise ValueError(f"train.batch_size={c.train.batch_size} is not divisible by "
-                         f"optim.grad_accum={c.optim.grad_accum}")
+        raise UserError(f"train.batch_size={c.train.batch_size} is not divisible by "
+                        f"optim.grad_accum={c.optim.grad_accum}")
     if c.data.max_prompt_length >= c.data.max_length:
-        raise ValueError(f"data.max_prompt_length={c.data.max_prompt_length} must be below "
-                         f"data.max_length={c.data.max_length}")
-    if c.data.bucket <= 0:
-        raise ValueError("data.bucket must be positive")
+        raise UserError(f"data.max_prompt_length={c.data.max_prompt_length} must be below "
+                        f"data.max_length={c.data.max_length}")
     if c.weights.source == "dynamic" and c.loss.a_tok == 0:
-        raise ValueError("weights.source='dynamic' computes token weights, but loss.a_tok=0 never "
-                         "uses them: set loss.a_tok > 0 or weights.source='uniform'")
+        raise UserError("weights.source='dynamic' computes token weights, but loss.a_tok=0 never "
+                        "uses them: set loss.a_tok > 0 or weights.source='uniform'")
+
+
+def check_paths(c: ConfigDict) -> None:
+    """The inputs a run reads exist (checked before the model loads)."""
+    model = Path(c.model.path)
+    if not model.is_dir():
+        raise MissingFileError(f"config model.path={c.model.path!r}: no such directory; set it to "
+                               "an HF model directory (config.json + safetensors)")
+    if not (model / "config.json").is_file():
+        raise MissingFileError(f"config model.path={c.model.path!r}: no config.json in it; is it an "
+                               "HF model directory?")
+    if c.model.tokenizer and not Path(c.model.tokenizer).is_dir():
+        raise MissingFileError(f"config model.tokenizer={c.model.tokenizer!r}: no such directory")
+    for key in ("data.train", "data.eval"):
+        value = c.data[key.split(".")[1]]
+        if value and not Path(value).exists():
+            raise MissingFileError(f"config {key}={value!r}: no such file or directory")
+
+
+def check_writable(directory: str | os.PathLike, key: str = "workdir") -> Path:
+    """Create `directory` if needed and prove a file can be written there; a UserError otherwise."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+            pass
+    except OSError as e:
+        raise UserError(f"config {key}={str(directory)!r} is not writable ({e.strerror or e}); "
+                        f"choose another directory with --config.{key}=...") from None
+    return path
+
+
+def training_fingerprint(c: ConfigDict) -> dict[str, Any]:
+    """The flattened keys that decide what a run trains (paths made absolute): stored in every
+    checkpoint so a resume can tell whether it continues the same run."""
+    flat = flatten(to_dict(c))
+    out = {}
+    for key, value in flat.items():
+        if key.split(".")[0] not in TRAINING_SECTIONS or key in NOT_TRAINING_KEYS:
+            continue
+        if key in PATH_KEYS and value:
+            value = os.path.realpath(value)
+        out[key] = value
+    return out
+
+
+def fingerprint_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`key: old -> new` for each training key that differs. A key only one side has (added to
+    musc_jax since the checkpoint was written) is not compared."""
+    return [f"{k}: {stored[k]!r} -> {current[k]!r}" for k in sorted(stored.keys() & current.keys())
+            if stored[k] != current[k]]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def unknown_key_message(c: ConfigDict, dotted: str) -> str | None:
+    """None if `dotted` names a key of `c`; else a message naming it and the nearest valid keys."""
+    node, seen = c, []
+    for part in dotted.split("."):
+        if not isinstance(node, (ConfigDict, dict)):
+            return (f"config key {'.'.join(seen)!r} is a value ({type(node).__name__}), not a "
+                    f"section, so it has no key {part!r}")
+        if part not in node:
+            known = sorted(flatten(to_dict(c)) if isinstance(c, ConfigDict) else flatten(c))
+            near = difflib.get_close_matches(dotted, known, n=3, cutoff=0.6)
+            if not near:  # a misspelt section: compare the last part with every key's last part
+                near = [k for k in known if difflib.get_close_matches(part, [k.split(".")[-1]], cutoff=0.75)][:3]
+            if not near:
+                near = [".".join(seen + [k]) for k in sorted(node.keys())][:12]
+                return f"unknown config key {dotted!r}; keys of {'.'.join(seen) or 'the config'}: {', '.join(near)}"
+            return f"unknown config key {dotted!r}; nearest valid keys: {', '.join(near)}"
+        node = node[part]
+        seen.append(part)
+    return None
 
 
 def loss_config(c: ConfigDict) -> LossConfig:
@@ -142,8 +283,20 @@ def loss_config(c: ConfigDict) -> LossConfig:
 def load_config_file(path: str, overrides: Sequence[str] = ()) -> ConfigDict:
     """Load `path` (a .py file with get_config()) and apply `--config.a.b=value` style overrides.
 
-    Used by notebooks and tests; the CLIs get the same behaviour from absl's config flags.
+    Used by notebooks and tests; the CLIs get the same behaviour from absl's config flags. A
+    missing file, an unknown key or a bad value raises a UserError saying which.
     """
+    try:
+        if not Path(path.split(":", 1)[0]).is_file():  # ml_collections defers this error
+            raise FileNotFoundError(path)
+        return read_config_file(path, overrides)
+    except Exception as e:  # noqa: BLE001 - explained below, with the cause chained
+        from musc_jax.cli import explain_flag_error
+        raise UserError(explain_flag_error([f"--config={path}", *overrides], e)) from e
+
+
+def read_config_file(path: str, overrides: Sequence[str] = ()) -> ConfigDict:
+    """`load_config_file` without the explanation: the raw absl / ml_collections exception."""
     from absl import flags
     from ml_collections import config_flags
 

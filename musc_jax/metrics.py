@@ -15,12 +15,40 @@ class NonFiniteError(FloatingPointError):
     """A NaN or inf in the loss or the gradients."""
 
 
-def check_finite(step: int, metrics: Mapping[str, float], keys=("loss", "grad_norm")) -> None:
-    """Stop the run, naming the step and the metric, when a watched metric is not finite."""
+def check_finite(step: int, metrics: Mapping[str, float], keys=("loss", "grad_norm"),
+                 when: str = "") -> None:
+    """Stop the run, naming the step and the metric, when a watched metric is not finite.
+
+    `when` says which parameters the metric was computed with, e.g. "after the update"."""
     for key in keys:
         if key in metrics and not math.isfinite(metrics[key]):
-            raise NonFiniteError(f"step {step}: {key} = {metrics[key]} (non-finite); stopping. "
-                                 "Lower optim.lr, check the data, or enable optim.clip_norm.")
+            at = f" {when}" if when else ""
+            raise NonFiniteError(f"step {step}: {key}{at} = {metrics[key]} (non-finite); stopping "
+                                 "with nothing saved for this step. Lower optim.lr, check the "
+                                 "data, or enable optim.clip_norm.")
+
+
+def drop_steps_after(path: Path, step: int) -> int:
+    """Remove the records of steps > `step` from a metrics.jsonl (a resumed run replays them);
+    returns how many were removed. A torn last line (a killed writer) is dropped too."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if record.get("step", 0) > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in kept))
+        tmp.replace(path)
+    return dropped
 
 
 class MetricsWriter:
@@ -37,10 +65,14 @@ class MetricsWriter:
         if not self.active:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # Steps after `initial_step` were written by a run that stopped before checkpointing
+        # them; this run writes them again.
+        drop_steps_after(self.workdir / "metrics.jsonl", initial_step)
         self._file = open(self.workdir / "metrics.jsonl", "a")
         if tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            # purge_step hides events of replayed steps that an interrupted run wrote.
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=initial_step + 1)
         if progress:
             from tqdm.auto import tqdm
             self._bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True,

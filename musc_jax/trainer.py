@@ -3,12 +3,19 @@
 `Trainer(config)` wires the pieces: mesh -> model (loaded straight into its sharding) -> data
 loader -> reference -> optimizer -> compiled step (explicit in/out shardings, donated state) ->
 loop with metrics, NaN guard, orbax checkpoints and resume -> HF export.
+
+Before anything expensive the config is validated, its input paths checked, the workdir proved
+writable, and an existing checkpoint's training config compared with this one (a resume of a
+different run is refused, naming the keys; `checkpoint.fresh=True` starts over). Nothing
+non-finite is saved or exported: before every checkpoint and at the end the parameters after the
+latest update, and the loss they give on the latest batch, must be finite.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +29,8 @@ from ml_collections import ConfigDict
 
 from musc_jax import config as config_lib
 from musc_jax.checkpoint import Checkpointer, abstract_like
-from musc_jax.metrics import MetricsWriter, check_finite
+from musc_jax.errors import UserError
+from musc_jax.metrics import MetricsWriter, NonFiniteError, check_finite
 from musc_jax.models import from_pretrained, load_tokenizer, save_pretrained
 from musc_jax.models import lora as lora_lib
 from musc_jax.optim import make_optimizer
@@ -49,8 +57,23 @@ class Trainer:
         """`pair_loss` replaces `musc_jax.losses.preference_loss` (same signature), e.g. a loss
         defined in a notebook."""
         config_lib.validate(config)
+        config_lib.check_paths(config)
         self.config = c = config
-        self.workdir = Path(c.workdir)
+        self.workdir = config_lib.check_writable(c.workdir)
+        if c.checkpoint.fresh:
+            self._discard_previous_run()
+        # Opened before the model loads so that a refused resume costs nothing. Saves are forced
+        # by the loop, so `every` only matters to orbax's own bookkeeping.
+        self.checkpointer = Checkpointer(self.workdir / "checkpoints",
+                                         every=c.checkpoint.every or 1, keep=c.checkpoint.keep)
+        try:
+            self._init(c, pair_loss)
+        except BaseException:
+            self.checkpointer.close()  # else orbax's cleanup thread prints a second traceback
+            raise
+
+    def _init(self, c: ConfigDict, pair_loss: Callable | None) -> None:
+        resume_meta = self._resume_meta(c)
         self.mesh = make_mesh(**c.mesh)
         dtype = jnp.dtype(c.model.param_dtype)
         compute = jnp.dtype(c.model.compute_dtype) if c.model.compute_dtype else dtype
@@ -90,10 +113,13 @@ class Trainer:
         self.callbacks: list[Callable[["Trainer"], None]] = []  # called after every step
         self.trace_count = 0  # times the train step was traced (tests check: once per bucket)
         self._compile(pair_loss)
-        self.checkpointer = Checkpointer(self.workdir / "checkpoints",
-                                         every=c.checkpoint.every or self.total_steps,
-                                         keep=c.checkpoint.keep)
-        if c.checkpoint.resume and self.checkpointer.latest_step() is not None:
+        if resume_meta is not None:
+            if int(resume_meta.get("total_steps", self.total_steps)) != self.total_steps:
+                raise UserError(
+                    f"{self.checkpointer.directory}: the checkpoint's run has "
+                    f"{resume_meta['total_steps']} steps, this one {self.total_steps} with the same "
+                    f"config (did {c.data.train} change?); set --config.checkpoint.fresh=True to "
+                    "start over in this workdir, or use another workdir")
             self._restore()
 
     # ---- compilation -------------------------------------------------------------------------
@@ -123,15 +149,77 @@ class Trainer:
         self._eval_step = jax.jit(eval_fn, in_shardings=(self.param_shardings, batch_sh, ref_sh),
                                   out_shardings=replicated)
 
+        def flat_eval(params, batch, ref_params):  # microbatches (grad_accum) as one batch
+            if self.cfg.grad_accum > 1:
+                batch = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
+            return eval_fn(params, batch, ref_params)
+
+        self._check_step = jax.jit(flat_eval)
+        self._finite_leaves = jax.jit(lambda t: jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), t))
+
     # ---- checkpoints -------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
         return {"params": self.params, "opt_state": self.opt_state}
 
+    def _discard_previous_run(self) -> None:
+        """checkpoint.fresh: remove what an earlier run left in the workdir (process 0)."""
+        if jax.process_index() != 0:
+            return
+        for name in ("checkpoints", "tensorboard", "export"):
+            if (self.workdir / name).exists():
+                shutil.rmtree(self.workdir / name)
+        for name in ("metrics.jsonl", "train_config.json"):
+            (self.workdir / name).unlink(missing_ok=True)
+        log.info("checkpoint.fresh: removed the earlier run's checkpoints and metrics in %s",
+                 self.workdir)
+
+    def _resume_meta(self, c: ConfigDict) -> dict | None:
+        """The latest checkpoint's metadata if this run continues it; refuses one made by a
+        different training config (naming the keys), and a workdir with checkpoints when
+        checkpoint.resume=False (it would overwrite them step by step)."""
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            return None
+        where = self.checkpointer.directory
+        if not c.checkpoint.resume:
+            raise UserError(f"{where} holds checkpoints (latest step {latest}) and "
+                            "checkpoint.resume=False: set --config.checkpoint.fresh=True to "
+                            "discard them, or resume=True to continue, or use another workdir")
+        meta = self.checkpointer.read_meta(latest)
+        stored = meta.get("config")
+        if stored is None:
+            log.warning("%s: checkpoint from before configs were stored; resuming unchecked", where)
+            return meta
+        diff = config_lib.fingerprint_diff(stored, config_lib.training_fingerprint(c))
+        if diff:
+            raise UserError(
+                f"{where} (step {latest}) was trained with a different config; refusing to "
+                f"resume it. Differing keys: {'; '.join(diff)}. Set --config.checkpoint.fresh=True "
+                "to start over in this workdir (deletes its checkpoints and metrics), or use "
+                "another --config.workdir")
+        return meta
+
     def _save(self, force: bool = False) -> None:
         meta = {"step": self.step, "loader": self.data.train_loader.state(),
-                "total_steps": self.total_steps}
+                "total_steps": self.total_steps,
+                "config": config_lib.training_fingerprint(self.config)}
         self.checkpointer.save(self.step, self._state(), meta, force=force)
+
+    def check_updated_state(self, batch) -> None:
+        """Raise NonFiniteError unless the parameters after the latest update, and the loss they
+        give on `batch` (the latest training batch), are finite. Run before every save and at
+        the end, so the final update is checked too."""
+        ok = jax.device_get(self._finite_leaves(self.params))
+        bad = [jax.tree_util.keystr(path) for path, good in
+               jax.tree_util.tree_leaves_with_path(ok) if not bool(good)]
+        if bad:
+            raise NonFiniteError(f"step {self.step}: parameters non-finite after the update "
+                                 f"(first: {bad[0]}; {len(bad)} arrays); nothing saved. Lower "
+                                 "optim.lr, check the data, or enable optim.clip_norm.")
+        metrics = jax.device_get(self._check_step(self.params, batch, self.ref_params))
+        check_finite(self.step, {"loss": float(metrics["loss"])}, keys=("loss",),
+                     when="after the update")
 
     def _restore(self) -> None:
         state, meta, step = self.checkpointer.restore(abstract_like(self._state()))
@@ -165,6 +253,7 @@ class Trainer:
                 if due or self.step == self.total_steps:
                     last = self._report(writer, *pending)  # never save a non-finite state
                     pending = None
+                    self.check_updated_state(batch)
                     self._save(force=True)
                 if c.train.eval_every and self.step % c.train.eval_every == 0:
                     self._eval(writer)

@@ -22,6 +22,7 @@ from ml_collections import ConfigDict
 from musc_jax.data import pairs_io
 from musc_jax.data.batching import (BatchingConfig, PairLoader, Tokenized, collate_pairs,
                                     tokenize_pairs, tokenize_sft)
+from musc_jax.errors import UserError
 from musc_jax.scoring import response_token_logps
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,15 @@ def read_and_tokenize(path: str, c: ConfigDict, tokenizer, alt: bool) -> Tokeniz
     else:
         rows = pairs_io.read_pairs(path, on_error=on_error)
         tok = tokenize_pairs(rows, tokenizer, batching_config(c, alt))
+        # Which model wrote the stored reference log-probs (the pair builder's meta.model_hash):
+        # precompute_reference uses them only when that is the trainer's reference model.
+        tok.ref_model_hashes = {str((r.get("meta") or {}).get("model_hash") or "")
+                                for r in rows.rows if r.get(REF_FIELDS["chosen"]) is not None}
     if rows.skipped or tok.skipped:
         log.warning("%s: %d rows read, %d malformed skipped %s, %d too long skipped", path,
                     rows.num_read, rows.num_skipped, dict(rows.skipped), sum(tok.skipped.values()))
     if not tok.examples:
-        raise ValueError(f"{path}: no usable rows ({rows.num_read} read)")
+        raise UserError(f"{path}: no usable rows ({rows.num_read} read)")
     return tok
 
 
@@ -103,7 +108,7 @@ def _check_fields(tok: Tokenized, c: ConfigDict, path: str) -> None:
     if c.loss.a_tok and c.weights.source == "dataset":
         missing = {"chosen_weights", "rejected_weights"} - fields
         if missing:
-            raise ValueError(f"{path}: weights.source='dataset' with loss.a_tok={c.loss.a_tok}, but "
+            raise UserError(f"{path}: weights.source='dataset' with loss.a_tok={c.loss.a_tok}, but "
                              f"the rows have no {sorted(missing)}; build pairs with token weights "
                              "(musc_jax.pairs) or set weights.source='dynamic' or 'uniform'")
 
@@ -134,8 +139,20 @@ def precompute_reference(graphdef, params, tok: Tokenized, c: ConfigDict, mesh: 
     the model files, dtypes and every token id, so a stale cache is never reused.
     """
     if all(set(REF_FIELDS.values()) <= set(ex.token_fields) for ex in tok.examples):
-        log.info("reference log-probs come with the dataset")
-        return
+        from musc_jax.data.builders.run import model_fingerprint
+        mine = model_fingerprint(c.model.path) if Path(c.model.path).is_dir() else ""
+        stored = getattr(tok, "ref_model_hashes", set())
+        if mine and stored == {mine}:
+            log.info("reference log-probs come with the dataset (model hash %s)", mine)
+            return
+        # Another (or an unknown) model wrote them: a DPO margin against the wrong reference
+        # would be silently wrong, so recompute them with this run's reference.
+        log.warning("the dataset's reference log-probs came from model hash(es) %s, not this "
+                    "run's reference %s (%s): recomputing them", sorted(stored) or ["unknown"],
+                    c.model.path, mine or "no hash")
+        for ex in tok.examples:
+            for f in REF_FIELDS.values():
+                ex.token_fields.pop(f, None)
     cache_dir = Path(c.reference.cache_dir or Path(c.workdir) / "ref_cache")
     cache = cache_dir / f"ref_{_cache_key(c, tok)}.npz"
     if cache.exists():
@@ -197,7 +214,7 @@ def build_training_data(c: ConfigDict, tokenizer, mesh: Mesh, graphdef, params, 
     rows_axis = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = c.train.batch_size // c.optim.grad_accum
     if micro % rows_axis:
-        raise ValueError(f"train.batch_size={c.train.batch_size} / optim.grad_accum="
+        raise UserError(f"train.batch_size={c.train.batch_size} / optim.grad_accum="
                          f"{c.optim.grad_accum} = {micro} rows per microbatch is not divisible by "
                          f"mesh data x fsdp = {rows_axis}")
     alt = c.objective == "preference" and c.weights.source == "dynamic" and c.loss.a_tok > 0
@@ -227,7 +244,7 @@ def build_training_data(c: ConfigDict, tokenizer, mesh: Mesh, graphdef, params, 
     if c.train.max_steps > 0:
         total = min(total, c.train.max_steps) if c.train.epochs > 0 else c.train.max_steps
     if total <= 0:
-        raise ValueError(f"{c.data.train}: {len(train.examples)} examples give no full batch of "
+        raise UserError(f"{c.data.train}: {len(train.examples)} examples give no full batch of "
                          f"{c.train.batch_size}; lower train.batch_size")
     eval_bs = c.train.batch_size
     if evals is not None:

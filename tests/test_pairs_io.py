@@ -143,7 +143,7 @@ def test_shard_directory(tmp_path):
     assert [r["prompt"][-1]["content"] for r in data][:3] == [
         f"Write a note about topic {i} in 3 sentences." for i in range(3)]
     assert data[3]["chosen"] == "The Nile."
-    assert data.locations[1].endswith("part-000.jsonl: line 1")
+    assert data.locations[1].endswith("part-000.jsonl: line 2")  # 1-based lines
     assert data.locations[2].endswith("part-001: row 0")
     assert data.locations[3].endswith("part-002.parquet: row 0")
     (tmp_path / "empty").mkdir()
@@ -183,13 +183,14 @@ BAD_LINES = [
 @pytest.mark.parametrize("bad,field,code", BAD_LINES)
 def test_error_names_file_line_and_field(tmp_path, bad, field, code):
     good = {"prompt": "p", "chosen": "a", "rejected": "b"}
-    # Line 2 is blank: blank lines are not rows but still count, so the bad row is on line 3.
+    # Line 3 is blank: blank lines are not rows but still count, so the bad row is on line 4
+    # (lines are 1-based, as an editor shows them).
     path = _write_jsonl(tmp_path / "pairs.jsonl", [good, good, "", bad, good])
     with pytest.raises(PairsFormatError) as info:
         read_pairs(path)
     e = info.value
-    assert (e.row, e.field, e.code) == (3, field, code)
-    assert str(e).startswith(f"{path}: line 3: field {field!r}: ")
+    assert (e.row, e.field, e.code) == (4, field, code)
+    assert str(e).startswith(f"{path}: line 4: field {field!r}: ")
 
 
 def test_error_names_arrow_row(tmp_path):
@@ -202,7 +203,7 @@ def test_error_names_arrow_row(tmp_path):
 
 def test_invalid_json_line(tmp_path):
     path = _write_jsonl(tmp_path / "x.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}, "{oops"])
-    with pytest.raises(PairsFormatError, match=r"x.jsonl: line 1: invalid JSON"):
+    with pytest.raises(PairsFormatError, match=r"x.jsonl: line 2: invalid JSON"):
         read_pairs(path)
 
 
@@ -215,7 +216,7 @@ def test_skip_counts_per_reason_and_logs(tmp_path, caplog):
         data = read_pairs(path, on_error="skip")
     assert len(data) == 2 and data.num_read == 7 and data.num_skipped == 5
     assert data.skipped == {"chosen: empty": 2, "chosen: missing": 1, "row: json": 1, "rejected: missing": 1}
-    assert data.locations == [f"{path}: line 0", f"{path}: line 3"]
+    assert data.locations == [f"{path}: line 1", f"{path}: line 4"]
     assert "skipped 5 of 7 rows" in caplog.text and "chosen: empty" in caplog.text
 
 
@@ -234,7 +235,7 @@ def test_sft_rows(tmp_path):
         normalize_sft_row({"prompt": "Hi"}, file="f.jsonl", row=4, row_label="line")
     path = _write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "response": "b"}, conv,
                                                  {"prompt": "a", "response": ""}])
-    with pytest.raises(PairsFormatError, match=r"sft.jsonl: line 2: field 'response': empty response"):
+    with pytest.raises(PairsFormatError, match=r"sft.jsonl: line 3: field 'response': empty response"):
         read_sft(path)
     data = read_sft(path, on_error="skip")
     assert [r["response"] for r in data] == ["b", "Yo"] and data.skipped == {"response: empty": 1}

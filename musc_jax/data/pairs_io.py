@@ -17,9 +17,12 @@ Every row is normalised to
     chosen_weights, rejected_weights                   float32 array per response token, or None
     ref_chosen_token_logps, ref_rejected_token_logps   float32 array per response token, or None
 
-Bad input raises `PairsFormatError` naming the file, the row (for JSONL: the 0-based line) and the
-field. With `on_error="skip"` bad rows are dropped and counted per reason ("field: code"); the
-counts are returned in `PairsData.skipped` and logged.
+Bad input raises `PairsFormatError` (a `musc_jax.errors.UserError`) naming the file, the row (for
+JSONL: `file: line N`, 1-based as an editor counts; Arrow/Parquet/JSON-array rows: `file: row N`,
+0-based) and the field. A row whose `chosen` equals its `rejected` under the same prompt is bad
+when read for training (it teaches nothing; the builders drop such pairs). With
+`on_error="skip"` bad rows are dropped and counted per reason ("field: code"); the counts are
+returned in `PairsData.skipped` and logged.
 
 In Arrow, `constraints`, `corrupted` and `meta` are stored as JSON strings (their shape varies from
 row to row); in JSONL they are plain JSON values. Both spellings are accepted on reading.
@@ -40,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from musc_jax.errors import MissingFileError, UserError
+
 logger = logging.getLogger(__name__)
 
 MESSAGE_FIELDS = ("prompt", "rejected_prompt")
@@ -57,8 +62,8 @@ _DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 _MAX_LOGP = 1e-3
 
 
-class PairsFormatError(ValueError):
-    """A bad row: names the file, the row (or 0-based JSONL line) and the field."""
+class PairsFormatError(UserError):
+    """A bad row: names the file, the row (or 1-based JSONL line) and the field."""
 
     def __init__(self, file: str, row: int | None, field: str | None, code: str, reason: str,
                  row_label: str = "row"):
@@ -89,7 +94,7 @@ class PairsData:
     """Normalised rows plus where each came from and what was skipped."""
 
     rows: list[dict]
-    locations: list[str]              # "file: line 3" / "file: row 3", parallel to rows
+    locations: list[str]              # "file: line 3" (1-based) / "file: row 3", parallel to rows
     skipped: dict[str, int]           # reason ("field: code") -> number of rows skipped
     num_read: int                     # rows read, valid or not
 
@@ -262,6 +267,17 @@ def normalize_pair(raw: Mapping, *, file: str = "<rows>", row: int | None = None
         raise PairsFormatError(str(file), row, e.field, e.code, e.reason, row_label) from None
 
 
+def _normalize_distinct(raw: Any) -> dict:
+    """`_normalize` plus the check a training set needs: chosen and rejected differ (or are
+    answers to different prompts, as with a `rejected_prompt`)."""
+    row = _normalize(raw)
+    if row["chosen"] == row["rejected"] and row["rejected_prompt"] in ([], row["prompt"]):
+        raise _Bad("rejected", "identical", "equals 'chosen' under the same prompt (the pair "
+                   "teaches nothing); drop the row, or set data.on_error='skip' to skip and count "
+                   "such rows")
+    return row
+
+
 def _normalize_sft(raw: Any) -> dict:
     if not isinstance(raw, Mapping):
         raise _Bad(None, "type", f"expected a JSON object (dict) per row, got {type(raw).__name__}")
@@ -321,7 +337,7 @@ def _iter_json_file(path: Path) -> Iterator[tuple[str, int, Any]]:
             for i, raw in enumerate(rows):
                 yield "row", i, raw
             return
-        for i, line in enumerate(f):
+        for i, line in enumerate(f, 1):
             if not line.strip():
                 continue        # blank lines are not rows (but still count as lines)
             try:
@@ -346,10 +362,10 @@ def _load_arrow_dir(path: Path, split: str | None):
     if isinstance(ds, datasets.DatasetDict):
         if split is None:
             if len(ds) != 1:
-                raise ValueError(f"{path}: a DatasetDict with splits {list(ds)}; pass split=...")
+                raise UserError(f"{path}: a DatasetDict with splits {list(ds)}; pass split=...")
             split = next(iter(ds))
         if split not in ds:
-            raise ValueError(f"{path}: no split {split!r} (splits: {list(ds)})")
+            raise UserError(f"{path}: no split {split!r} (splits: {list(ds)})")
         ds = ds[split]
     return ds
 
@@ -376,10 +392,10 @@ def _sources(path: Path, split: str | None) -> list[tuple[str, Iterator]]:
             if _is_arrow_dir(child) or _is_data_file(child):
                 out.extend(_sources(child, split))
         if not out:
-            raise FileNotFoundError(f"{path}: no pairs data (no save_to_disk directory, no "
+            raise MissingFileError(f"{path}: no pairs data (no save_to_disk directory, no "
                                     f"{'/'.join(_DATA_SUFFIXES)} shard)")
         return out
-    raise FileNotFoundError(f"{path}: no such file or directory")
+    raise MissingFileError(f"{path}: no such file or directory")
 
 
 def _read(path: str | os.PathLike, on_error: str, split: str | None, normalize) -> PairsData:
@@ -415,9 +431,10 @@ def read_pairs(path: str | os.PathLike, on_error: str = "raise", split: str | No
 
     on_error: "raise" (first bad row raises `PairsFormatError`) or "skip" (bad rows are counted
     per reason in the result's `skipped` and a warning is logged). `split` picks a split of a
-    saved DatasetDict (needed only when it has several).
+    saved DatasetDict (needed only when it has several). Identical chosen/rejected under one
+    prompt is a bad row here (reading is for training), though `write_pairs` stores it.
     """
-    return _read(path, on_error, split, _normalize)
+    return _read(path, on_error, split, _normalize_distinct)
 
 
 def read_sft(path: str | os.PathLike, on_error: str = "raise", split: str | None = None) -> PairsData:

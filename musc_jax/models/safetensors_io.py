@@ -16,6 +16,8 @@ from typing import Iterable, Mapping
 import ml_dtypes
 import numpy as np
 
+from musc_jax.errors import MissingFileError, UserError
+
 _DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -25,8 +27,8 @@ _DTYPES = {
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
-    """A safetensors file we cannot read."""
+class SafetensorsError(UserError):
+    """A safetensors file we cannot read (truncated, corrupt, unsupported); names the file."""
 
 
 class TensorIndex:
@@ -39,23 +41,38 @@ class TensorIndex:
 
     def _read_header(self, path: Path) -> None:
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: weights file not found")
+            raise MissingFileError(f"{path}: weights file not found")
+        size = path.stat().st_size
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) != 8:
-                raise SafetensorsError(f"{path}: too short to be a safetensors file")
+                raise SafetensorsError(f"{path}: too short to be a safetensors file ({size} bytes)")
             (n,) = struct.unpack("<Q", raw)
+            if 8 + n > size:
+                raise SafetensorsError(f"{path}: header of {n} bytes runs past the end of the "
+                                       f"{size}-byte file: truncated or not a safetensors file; "
+                                       "copy or download it again")
             try:
                 header = json.loads(f.read(n))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise SafetensorsError(f"{path}: unreadable safetensors header ({e})") from e
+        if not isinstance(header, dict):
+            raise SafetensorsError(f"{path}: the header is not a JSON object")
         for name, info in header.items():
             if name == "__metadata__":
                 continue
             if info["dtype"] not in _DTYPES:
                 raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-            begin, _ = info["data_offsets"]
-            self.entries[name] = (path, 8 + n + begin, _DTYPES[info["dtype"]], tuple(info["shape"]))
+            begin, end = info["data_offsets"]
+            dtype, shape = _DTYPES[info["dtype"]], tuple(info["shape"])
+            if end - begin != int(np.prod(shape)) * dtype.itemsize:
+                raise SafetensorsError(f"{path}: tensor {name!r} has {end - begin} bytes for shape "
+                                       f"{list(shape)} of {info['dtype']}: a corrupt header")
+            if 8 + n + end > size:
+                raise SafetensorsError(f"{path}: truncated: tensor {name!r} ends at byte "
+                                       f"{8 + n + end} but the file has {size} bytes; copy or "
+                                       "download it again")
+            self.entries[name] = (path, 8 + n + begin, dtype, shape)
 
     def names(self) -> set[str]:
         return set(self.entries)
