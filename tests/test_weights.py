@@ -168,3 +168,69 @@ def test_weight_mass_by_constraint():
     assert shares == pytest.approx({"punctuation:no_comma": (4 + 2) / total,
                                     "detectable_format:title": 2 / total, "<none>": 2 / total})
     assert weight_mass_by_constraint([]) == {}
+
+
+# ---- dynamic weights come from the current policy (issue 13) ---------------------------------
+
+def _f64_kl_weights(model, batch, side: str, w_max: float = 2.0) -> np.ndarray:
+    import jax.numpy as jnp
+
+    """MuSC "kl" weights recomputed in float64 numpy from the model's logits: s_t = KL(Q_t || P_t)
+    with P_t = pi(.|x, y_<t), Q_t = pi(.|x', y_<t) (the k-th response token of x and of x'
+    matched, each predicted from the position before it), w = clip(s / mean(s), 0, w_max)."""
+    import jax.numpy as jnp
+
+    def logp(ids, mask):
+        z = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)), np.float64)
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    lp = logp(batch[f"{side}_ids"], batch[f"{side}_mask"])
+    lq = logp(batch[f"{side}_alt_ids"], batch[f"{side}_alt_mask"])
+    out = np.zeros(batch[f"{side}_ids"].shape, np.float64)
+    for b in range(out.shape[0]):
+        tx = np.nonzero(batch[f"{side}_response_mask"][b])[0]
+        ta = np.nonzero(batch[f"{side}_alt_response_mask"][b])[0]
+        p, q = lp[b, tx - 1], lq[b, ta - 1]
+        s = (np.exp(q) * (q - p)).sum(-1)
+        out[b, tx] = np.clip(s / s.mean(), 0.0, w_max)
+    return out
+
+
+def test_dynamic_weights_come_from_the_current_policy():
+    """After some steps the weights the train step uses differ from the reference model's and
+    equal a float64 recomputation from the current params (float32 logits; tolerance 2e-4 on
+    weights in [0, 2])."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from musc_jax.losses import LossConfig, preference_loss
+    from musc_jax.models import ModelConfig, init_model
+    from musc_jax.train_step import StepConfig, make_train_step
+    from synthetic import pair_batch
+
+    def capture(pc, pr, rc, rr, mc, mr, wc, wr, cfg):
+        value, metrics = preference_loss(pc, pr, rc, rr, mc, mr, wc, wr, cfg=cfg)
+        return value, {**metrics, "w/chosen": wc, "w/rejected": wr}
+
+    model = init_model(ModelConfig.preset("tiny", vocab_size=128), seed=0)
+    graphdef, params = nnx.split(model)
+    ref = jax.tree.map(jnp.copy, params)
+    cfg = StepConfig(loss=LossConfig.preset("musc"), weights="dynamic", weight_kind="kl")
+    tx = optax.adam(3e-3)
+    opt_state = tx.init(params)
+    step = jax.jit(make_train_step(graphdef, cfg, tx, optax.constant_schedule(3e-3), capture))
+    batch = {k: jnp.asarray(v) for k, v in pair_batch(batch=4, length=32, seed=2, alt=True).items()}
+    host = {k: np.asarray(v) for k, v in batch.items()}
+    _, _, m0 = step(params, opt_state, batch, ref)          # at step 0: policy == reference
+    for _ in range(6):
+        params, opt_state, _ = step(params, opt_state, batch, ref)
+    _, _, m = step(params, opt_state, batch, ref)
+    current, reference = nnx.merge(graphdef, params), nnx.merge(graphdef, ref)
+    for side in ("chosen", "rejected"):
+        used, used0 = np.asarray(m[f"w/{side}"]), np.asarray(m0[f"w/{side}"])
+        np.testing.assert_allclose(used0, _f64_kl_weights(reference, host, side), atol=2e-4)
+        np.testing.assert_allclose(used, _f64_kl_weights(current, host, side), atol=2e-4)
+        assert np.abs(used - used0).max() > 1e-2          # training moved them off the reference's
