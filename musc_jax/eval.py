@@ -35,7 +35,8 @@ from typing import Any, Hashable, Mapping, Sequence, TextIO
 import numpy as np
 from ml_collections import ConfigDict
 
-from musc_jax.data.constraints import Constraint, validate, verify
+from musc_jax.data.constraints import Constraint, get_type, validate, verify
+from musc_jax.errors import MissingFileError, UserError
 
 log = logging.getLogger("musc_jax.eval")
 
@@ -66,8 +67,44 @@ class EvalItem:
         return [dict(m) for m in self.prompt]
 
 
-class EvalDataError(ValueError):
+class EvalDataError(UserError):
     """A malformed eval item; the message names the file, line and field."""
+
+
+# The type of each constraint argument (IFEval's argument names), checked when items load so a
+# wrong value fails there, naming file, line and field, not in the verifier after generation.
+ARG_TYPES: Mapping[str, str] = {
+    **dict.fromkeys(("num_sentences", "num_words", "num_paragraphs", "nth_paragraph",
+                     "num_placeholders", "num_bullets", "num_highlights", "num_sections",
+                     "frequency", "let_frequency", "capital_frequency"), "int"),
+    **dict.fromkeys(("keywords", "forbidden_words"), "list of strings"),
+    **dict.fromkeys(("keyword", "relation", "letter", "let_relation", "language", "first_word",
+                     "postscript_marker", "section_spliter", "prompt_to_repeat", "end_phrase",
+                     "capital_relation"), "string"),
+}
+
+
+def _has_type(value: Any, kind: str) -> bool:
+    if kind == "int":  # JSON writers may give 3.0 for 3
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer())
+    if kind == "list of strings":
+        return isinstance(value, list) and bool(value) and all(isinstance(w, str) and w for w in value)
+    return isinstance(value, str)
+
+
+def check_constraint(c: Constraint) -> Constraint:
+    """`constraints.validate` after checking each kwarg's name and type against the type's
+    arguments (ARG_TYPES); raises ValueError naming the argument."""
+    ctype = get_type(c.id)
+    for name, value in c.kwargs.items():
+        if name not in ctype.arg_names:
+            raise ValueError(f"constraint {c.id!r}: unknown argument {name!r}; expected "
+                             f"{list(ctype.arg_names) or 'none'}")
+        kind = ARG_TYPES.get(name)
+        if kind and not _has_type(value, kind):
+            raise ValueError(f"constraint {c.id!r}: kwargs.{name} must be a {kind}, got {value!r}")
+    return validate(c)
 
 
 def _check_messages(prompt: Any) -> str | None:
@@ -110,7 +147,7 @@ def _parse_line(d: Any, where: str, line_no: int) -> EvalItem:
                 raise fail(f"kwargs[{i}]", f"must be an object, got {type(kw).__name__}")
             c = Constraint(cid, {k: v for k, v in (kw or {}).items() if v is not None})
             try:
-                validate(c)
+                check_constraint(c)
             except ValueError as e:
                 raise fail(f"instruction_id_list[{i}]", str(e)) from None
             constraints.append(c)
@@ -127,7 +164,7 @@ def _parse_line(d: Any, where: str, line_no: int) -> EvalItem:
             if cd.get("kwargs") is not None and not isinstance(cd["kwargs"], dict):
                 raise fail(f"constraints[{i}].kwargs", "must be an object")
             try:
-                c = validate(Constraint.from_dict(cd))
+                c = check_constraint(Constraint.from_dict(cd))
             except ValueError as e:
                 raise fail(f"constraints[{i}]", str(e)) from None
             constraints.append(c)
@@ -146,13 +183,13 @@ def load_eval_items(path: str | os.PathLike) -> list[EvalItem]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: eval items file not found")
+        raise MissingFileError(f"{path}: eval items file not found")
     items = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
+            where = f"{path}: line {line_no}"
             try:
                 d = json.loads(line)
             except json.JSONDecodeError as e:
@@ -452,13 +489,13 @@ def check_eval_config(config) -> None:
         except KeyError:
             missing.append(k)
     if missing:
-        raise ValueError(f"eval config is missing key(s) {missing}; an eval config needs "
-                         f"{list(REQUIRED_KEYS)} (attach defaults with "
-                         "`c.eval = musc_jax.eval.eval_config()`)")
+        raise UserError(f"eval config is missing key(s) {missing}; an eval config needs "
+                        f"{list(REQUIRED_KEYS)} (attach defaults with "
+                        "`c.eval = musc_jax.eval.eval_config()`)")
     empty = [k for k in ("model.path", "eval.data", "eval.out") if not _get(config, k)]
     if empty:
-        raise ValueError(f"eval config key(s) {empty} are empty; set them, e.g. "
-                         f"--config.{empty[0]}=...")
+        raise UserError(f"eval config key(s) {empty} are empty; set them, e.g. "
+                        f"--config.{empty[0]}=...")
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -480,7 +517,7 @@ def run_eval(config) -> EvalResult:
 
     items = load_eval_items(config.eval.data)
     if not items:
-        raise ValueError(f"{config.eval.data}: no eval items")
+        raise UserError(f"{config.eval.data}: no eval items")
     mesh = None
     if _get(config, "mesh", None) is not None:
         from musc_jax.sharding import make_mesh

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from musc_jax.errors import MissingFileError, UserError
 from musc_jax.microworld.assets import EVAL_SET, base_model_dir
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,8 @@ def _given_pairs(path: str) -> tuple[str, dict[str, Any]]:
     """The pairs set behind `pipeline.pairs` and its build stats (from a `stats.json` beside it)."""
     pairs = Path(path)
     if not pairs.exists():
-        raise FileNotFoundError(f"config pipeline.pairs={path!r} does not exist: point it at the "
-                                f"build/pairs directory of an earlier run, or set it to ''")
+        raise MissingFileError(f"config pipeline.pairs={path!r} does not exist: point it at the "
+                               f"build/pairs directory of an earlier run, or set it to ''")
     for candidate in (pairs / "stats.json", pairs.parent / "stats.json"):
         if candidate.is_file():
             stats = json.loads(candidate.read_text())
@@ -103,8 +104,8 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
     given = p.get("pairs", "")
     if given and p.iterations != 1:
-        raise ValueError(f"config pipeline.pairs={given!r} trains once on fixed pairs, but "
-                         f"pipeline.iterations={p.iterations}: set iterations=1 or pairs=''")
+        raise UserError(f"config pipeline.pairs={given!r} trains once on fixed pairs, but "
+                        f"pipeline.iterations={p.iterations}: set iterations=1 or pairs=''")
     given_pairs = _given_pairs(given) if given else None   # checked before the slow evaluation
 
     t = time.time()

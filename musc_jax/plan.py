@@ -31,7 +31,7 @@ import sys
 
 from absl import app, flags
 
-from musc_jax.cli import define_config_flag
+from musc_jax.cli import define_config_flag, run_app
 
 _CONFIG = define_config_flag()
 _MEMORY = flags.DEFINE_float("device_memory_gib", None,
@@ -84,4 +84,4 @@ def _main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(_main)
+    run_app(_main)

@@ -109,8 +109,8 @@ def _check_fields(tok: Tokenized, c: ConfigDict, path: str) -> None:
         missing = {"chosen_weights", "rejected_weights"} - fields
         if missing:
             raise UserError(f"{path}: weights.source='dataset' with loss.a_tok={c.loss.a_tok}, but "
-                             f"the rows have no {sorted(missing)}; build pairs with token weights "
-                             "(musc_jax.pairs) or set weights.source='dynamic' or 'uniform'")
+                            f"the rows have no {sorted(missing)}; build pairs with token weights "
+                            "(musc_jax.pairs) or set weights.source='dynamic' or 'uniform'")
 
 
 # ---- reference log-probs, computed once --------------------------------------------------------
@@ -215,8 +215,8 @@ def build_training_data(c: ConfigDict, tokenizer, mesh: Mesh, graphdef, params, 
     micro = c.train.batch_size // c.optim.grad_accum
     if micro % rows_axis:
         raise UserError(f"train.batch_size={c.train.batch_size} / optim.grad_accum="
-                         f"{c.optim.grad_accum} = {micro} rows per microbatch is not divisible by "
-                         f"mesh data x fsdp = {rows_axis}")
+                        f"{c.optim.grad_accum} = {micro} rows per microbatch is not divisible by "
+                        f"mesh data x fsdp = {rows_axis}")
     alt = c.objective == "preference" and c.weights.source == "dynamic" and c.loss.a_tok > 0
     train = read_and_tokenize(c.data.train, c, tokenizer, alt)
     _check_fields(train, c, c.data.train)
@@ -245,7 +245,7 @@ def build_training_data(c: ConfigDict, tokenizer, mesh: Mesh, graphdef, params, 
         total = min(total, c.train.max_steps) if c.train.epochs > 0 else c.train.max_steps
     if total <= 0:
         raise UserError(f"{c.data.train}: {len(train.examples)} examples give no full batch of "
-                         f"{c.train.batch_size}; lower train.batch_size")
+                        f"{c.train.batch_size}; lower train.batch_size")
     eval_bs = c.train.batch_size
     if evals is not None:
         n_eval = len(evals.examples)

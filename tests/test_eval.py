@@ -210,7 +210,7 @@ def test_malformed_line_names_file_line_field(tmp_path, line, field):
     path.write_text(good + "\n" + line + "\n")
     with pytest.raises(EvalDataError) as e:
         load_eval_items(path)
-    assert f"{path}:2" in str(e.value) and field in str(e.value)
+    assert f"{path}: line 2" in str(e.value) and field in str(e.value)
 
 
 # ----------------------------------------------------------------------------- with a model

@@ -393,7 +393,7 @@ def _sources(path: Path, split: str | None) -> list[tuple[str, Iterator]]:
                 out.extend(_sources(child, split))
         if not out:
             raise MissingFileError(f"{path}: no pairs data (no save_to_disk directory, no "
-                                    f"{'/'.join(_DATA_SUFFIXES)} shard)")
+                                   f"{'/'.join(_DATA_SUFFIXES)} shard)")
         return out
     raise MissingFileError(f"{path}: no such file or directory")
 

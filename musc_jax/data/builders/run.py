@@ -61,6 +61,7 @@ from musc_jax.data.policy import ModelPolicy, Policy
 from musc_jax.data.seeds import ON_ERROR, load_seeds, seed_sources
 from musc_jax.data.weights import (KINDS as WEIGHT_KINDS, WeightConfig, compute_token_weights,
                                    mass_shares, weight_mass_counts)
+from musc_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class PairsRun:
 def builder_fn(method: str) -> Callable:
     """The builder function of `method`, imported by name."""
     if method not in METHODS:
-        raise ValueError(f"pairs.method={method!r}: choose one of {', '.join(METHODS)}")
+        raise UserError(f"pairs.method={method!r}: choose one of {', '.join(METHODS)}")
     module, name = METHODS[method]
     try:
         mod = importlib.import_module(module)
@@ -180,8 +181,8 @@ def _check_resume(out_dir: Path, config: ConfigDict) -> None:
         theirs = {k: v for k, v in json.loads(path.read_text()).items() if k not in RUNTIME_KEYS}
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if diff and any((out_dir / PAIRS_SUBDIR).glob("shard-*")):
-            raise ValueError(f"{out_dir} holds shards built with another config (differing keys: "
-                             f"{', '.join(diff)}); use another pairs.out_dir or remove it")
+            raise UserError(f"{out_dir} holds shards built with another config (differing keys: "
+                            f"{', '.join(diff)}); use another pairs.out_dir or remove it")
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(mine, indent=1, sort_keys=True, default=str))
 
@@ -273,17 +274,17 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
     method = config.pairs.method
     fn = builder_fn(method)
     if config.data.source not in seed_sources():
-        raise ValueError(f"data.source={config.data.source!r}: choose one of "
-                         f"{', '.join(seed_sources())} (a generated source is registered by "
-                         "importing its package)")
+        raise UserError(f"data.source={config.data.source!r}: choose one of "
+                        f"{', '.join(seed_sources())} (a generated source is registered by "
+                        "importing its package)")
     if config.data.on_error not in ON_ERROR:
-        raise ValueError(f"data.on_error={config.data.on_error!r}: choose one of {ON_ERROR}")
+        raise UserError(f"data.on_error={config.data.on_error!r}: choose one of {ON_ERROR}")
     kind = config.weights.kind
     if kind != "none" and kind not in WEIGHT_KINDS:
-        raise ValueError(f"weights.kind={kind!r}: choose one of {', '.join(WEIGHT_KINDS)}, none")
+        raise UserError(f"weights.kind={kind!r}: choose one of {', '.join(WEIGHT_KINDS)}, none")
     wcfg = None if kind == "none" else WeightConfig.from_mapping(config.weights)
     if int(config.pairs.shard_size) < 1:
-        raise ValueError(f"pairs.shard_size must be >= 1, got {config.pairs.shard_size}")
+        raise UserError(f"pairs.shard_size must be >= 1, got {config.pairs.shard_size}")
     section = config[method] if method in config else None
     if method in ("musc", "ecd"):   # fail before any work on a bad value
         config_from(MuscConfig if method == "musc" else EcdConfig, section)
@@ -326,8 +327,8 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
             teach = teacher
             if teach is None and "teacher" in (config.ecd.evolver, config.ecd.checker):
                 if not config.teacher.path:
-                    raise ValueError("ecd.evolver/checker='teacher' needs teacher.path (an HF "
-                                     "model dir)")
+                    raise UserError("ecd.evolver/checker='teacher' needs teacher.path (an HF "
+                                    "model dir)")
                 teach = load_model_policy(config.model, config.teacher.path)
             extra = {"teacher": teach, "checker": checker}
         state["extra"] = {**extra, **builder_kwargs}
