@@ -8,8 +8,10 @@ Sources (`load_seeds`):
   registers its source when its package is imported; this module names none.
 * `jsonl`: one JSON object per line with the prompt under `prompt_field`; IFEval's
   `instruction_id_list` + `kwargs` (None-valued kwargs dropped) or our `constraints` list (typed
-  constraint dicts) become typed constraints; optional `task` and `response` (a known good answer,
-  kept in `meta["response"]`); `key` / `id` / `level` go to meta.
+  constraint dicts, or a user's constraint sentences: typed where the rule decomposer reads one
+  type, else free text, `instructions.constraint_from_text`) become the seed's constraints;
+  optional `task` and `response` (a known good answer, kept in `meta["response"]`); `key` /
+  `id` / `level` go to meta.
 * `hf`: a Hugging Face dataset at a local path (`save_to_disk` directory via `load_from_disk`,
   otherwise `load_dataset` of the directory or data file), rows read like the JSONL ones.
 
@@ -145,9 +147,16 @@ def _constraints(d: Mapping[str, Any], where: str) -> list[Constraint] | None:
                                   "type")
         out = []
         for i, cd in enumerate(raw):
+            if isinstance(cd, str):   # a user's own wording: typed when the rules read it
+                from musc_jax.data.instructions import constraint_from_text
+                if not cd.strip():
+                    raise SeedFormatError(where, f"constraints[{i}]", "empty constraint text",
+                                          "empty")
+                out.append(constraint_from_text(cd))
+                continue
             if not isinstance(cd, Mapping) or "id" not in cd:
-                raise SeedFormatError(where, f"constraints[{i}]", "must be an object with an 'id'",
-                                      "type")
+                raise SeedFormatError(where, f"constraints[{i}]", "must be an object with an 'id' "
+                                      "or a constraint sentence", "type")
             if cd.get("kwargs") is not None and not isinstance(cd["kwargs"], Mapping):
                 raise SeedFormatError(where, f"constraints[{i}].kwargs", "must be an object", "type")
             out.append(_typed(Constraint.from_dict(cd), where, f"constraints[{i}]"))
