@@ -51,13 +51,37 @@ def test_imperfect_writer_follows_less_at_higher_levels():
 
 def test_corpus_covers_every_role_and_tokenizer_round_trips():
     rows = list(corpus_rows(WORLD, 300, seed=0, cfg=CorpusConfig()))
-    assert {r["role"] for r in rows} == {"respond", "judge", "refine", "decompose", "compose", "evolve"}
+    assert {r["role"] for r in rows} == {"respond", "judge", "critique", "refine", "decompose",
+                                         "compose", "evolve", "edit"}
     texts = [m["content"] for r in rows for m in r["prompt"]] + [r["response"] for r in rows]
     tok = train_tokenizer(texts, vocab_size=600)
     for t in texts[:50] + ['{"topic": "owl", "answer": "<<A>>\\n* x"}']:
         assert tok.decode(tok(t, add_special_tokens=False)["input_ids"]) == t
     chat = tok.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=False)
     assert chat.startswith("<s><|user|>\n") and chat.endswith("<|assistant|>\n")
+
+
+def test_corpus_teaches_the_prompts_the_builders_send():
+    """Every role prompt a microworld builder sends is one the corpus teaches, and the answers
+    parse with the builders' own parsers (issue 13: one model in every role)."""
+    from musc_jax.data.decompose import parse_decomposition
+    from musc_jax.data.roles import (CRITIQUE_REQUEST, EDIT_REQUESTS, JUDGE_QUESTION,
+                                     parse_constraint_edit, parse_verdict)
+
+    rows = list(corpus_rows(WORLD, 400, seed=1, cfg=CorpusConfig()))
+    by = {r: [x for x in rows if x["role"] == r] for r in ("judge", "critique", "edit", "decompose",
+                                                           "refine")}
+    assert all(JUDGE_QUESTION in x["prompt"][-1]["content"] for x in by["judge"])
+    assert all(CRITIQUE_REQUEST in x["prompt"][-1]["content"] for x in by["critique"])
+    assert all(parse_verdict(x["response"]) is not None for x in by["judge"] + by["critique"])
+    assert all(x["response"].splitlines()[-1].startswith("Verdict: ") for x in by["critique"])
+    assert any("Verdict: no" in x["prompt"][-1]["content"] for x in by["refine"])   # critiques
+    for x in by["edit"]:
+        text = x["prompt"][-1]["content"]
+        assert any(req in text for req in EDIT_REQUESTS.values())
+        old = text.split("Constraint: ", 1)[1].split("\n", 1)[0]
+        assert parse_constraint_edit(x["response"], old) == x["response"]
+    assert all(len(parse_decomposition(x["response"]).constraints) >= 1 for x in by["decompose"])
 
 
 def test_held_out_set_is_fixed_by_seed():
