@@ -163,6 +163,7 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
     after = _evaluate(config, actor, workdir / "eval_after.json", items) if p.eval_after else None
     timings["eval after"] = time.time() - t
     if jax.process_index() == 0:
-        report = write_report(workdir, f"microworld: {p.recipe}", before, after, stats, timings)
+        title = p.get("title", "") or f"microworld: {p.recipe}"   # a real model's config names it
+        report = write_report(workdir, title, before, after, stats, timings)
         log.info("report: %s", report)
     return {"before": before, "after": after, "stats": stats}
