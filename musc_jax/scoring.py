@@ -19,6 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from musc_jax.models.llama import project_logits
 
 KINDS = ("kl", "bikl", "prob_diff")
 DEFAULT_CHUNK = 128
@@ -113,19 +116,84 @@ def _time_chunks(fn: Callable, chunk: int, *arrays: jax.Array) -> jax.Array:
     return jnp.moveaxis(out, 0, 1).reshape(out.shape[1], n * c)[:, :t]
 
 
+def _mesh_of(model):
+    sharding = getattr(model, "activation_sharding", None)
+    return None if sharding is None else sharding.mesh
+
+
+def _head_weight(model) -> jax.Array:
+    """The LM head [E, V] in the compute dtype, gathered over FSDP once, before the chunk loop.
+
+    Inside the loop XLA would otherwise all-gather the FSDP-sharded weight (and reduce-scatter
+    its gradient) once per chunk. Its vocabulary axis stays sharded over `tensor`.
+    """
+    w = model.lm_head_weight()
+    mesh = _mesh_of(model)
+    if mesh is None:
+        return w
+    vocab = "tensor" if mesh.shape.get("tensor", 1) > 1 and w.shape[1] % mesh.shape["tensor"] == 0 else None
+    return jax.lax.with_sharding_constraint(w, NamedSharding(mesh, P(None, vocab)))
+
+
+def _chunk_logits(model, hc: jax.Array, w: jax.Array) -> jax.Array:
+    """float32 logits [B, c, V] of a chunk of hidden states; vocabulary-sharded when tensor > 1."""
+    logits = project_logits(hc, w)
+    mesh = _mesh_of(model)
+    if mesh is not None and mesh.shape.get("tensor", 1) > 1 and w.shape[1] % mesh.shape["tensor"] == 0:
+        logits = jax.lax.with_sharding_constraint(
+            logits, NamedSharding(mesh, P(("data", "fsdp"), None, "tensor")))
+    return logits
+
+
+def _target_logps(hc: jax.Array, tc: jax.Array, w: jax.Array, vocab_axis: str | None) -> jax.Array:
+    """log softmax(hc @ w)[tc] [b, c] for one chunk; with `vocab_axis` (inside shard_map) w holds
+    this device's slice of the vocabulary and the softmax is completed across that axis."""
+    logits = project_logits(hc, w)
+    if vocab_axis is None:
+        target = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
+        return target - jax.nn.logsumexp(logits, axis=-1)
+    v = logits.shape[-1]
+    local = tc - jax.lax.axis_index(vocab_axis) * v
+    here = (local >= 0) & (local < v)
+    target = jnp.take_along_axis(logits, jnp.clip(local, 0, v - 1)[..., None], axis=-1)[..., 0]
+    target = jax.lax.psum(jnp.where(here, target, 0.0), vocab_axis)
+    m = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=-1)), vocab_axis)
+    total = jax.lax.psum(jnp.sum(jnp.exp(logits - m[..., None]), axis=-1), vocab_axis)
+    return target - (jnp.log(total) + m)
+
+
+def _chunked_target_logps(model, h, targets, w, chunk: int) -> jax.Array:
+    """[B, T'] target log-probs of hidden states h [B, T', E], projected `chunk` steps at a time.
+
+    On a mesh the chunk loop runs inside shard_map: each device loops over its own rows with the
+    LM head gathered once before the loop, so the head's gradient is summed locally over chunks
+    and reduced across devices once (GSPMD reduced the full [E, V] gradient in every chunk).
+    With tensor > 1 the logits stay sharded over the vocabulary.
+    """
+    mesh = _mesh_of(model)
+    batch = ("data", "fsdp")
+    rows = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    if mesh is None or h.shape[0] % rows:
+        return _time_chunks(jax.checkpoint(lambda hc, tc: _target_logps(hc, tc, w, None)),
+                            chunk, h, targets)
+    tensor = mesh.shape.get("tensor", 1)
+    vocab_axis = "tensor" if tensor > 1 and w.shape[1] % tensor == 0 else None
+
+    def local(h, t, w):
+        # Recomputed in the backward pass: no [b, chunk, V] logits are kept per chunk.
+        one = jax.checkpoint(lambda hc, tc: _target_logps(hc, tc, w, vocab_axis))
+        return _time_chunks(one, chunk, h, t)
+
+    return jax.shard_map(local, mesh=mesh,
+                         in_specs=(P(batch, None, None), P(batch, None), P(None, vocab_axis)),
+                         out_specs=P(batch, None), check_vma=False)(h, targets, w)
+
+
 def response_token_logps(model, ids, attention_mask, response_mask, chunk: int = DEFAULT_CHUNK):
     """Teacher-forced log p(ids[t] | ids[<t]) [B, T] (float32), zero off the response. Traceable."""
     ids = jnp.asarray(ids, jnp.int32)
     h, _ = model.hidden_states(ids, jnp.asarray(attention_mask))
-
-    # Recomputed in the backward pass, so training keeps no [B, chunk, V] logits per chunk.
-    @jax.checkpoint
-    def one(hc, tc):
-        logits = model.logits(hc)
-        target = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
-        return target - jax.nn.logsumexp(logits, axis=-1)
-
-    lp = _time_chunks(one, chunk, h[:, :-1], ids[:, 1:])
+    lp = _chunked_target_logps(model, h[:, :-1], ids[:, 1:], _head_weight(model), chunk)
     lp = jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
     return lp * jnp.asarray(response_mask).astype(lp.dtype)
 
@@ -145,10 +213,11 @@ def compute_contrast_stats(model, ids_x, mask_x, ids_alt, mask_alt, response_mas
     ha, _ = model.hidden_states(jnp.asarray(ids_alt, jnp.int32), jnp.asarray(mask_alt))
     alt_pred, valid = _alignment(jnp.asarray(response_mask_x), jnp.asarray(response_mask_alt))
     ha = jnp.take_along_axis(ha, alt_pred[..., None], axis=1)            # [B, Tx-1, E]
+    w = _head_weight(model)
 
     def one(hxc, hac, tc):
-        lp = jax.nn.log_softmax(model.logits(hxc), axis=-1)
-        lq = jax.nn.log_softmax(model.logits(hac), axis=-1)
+        lp = jax.nn.log_softmax(_chunk_logits(model, hxc, w), axis=-1)
+        lq = jax.nn.log_softmax(_chunk_logits(model, hac, w), axis=-1)
         return contrast_statistic(lp, lq, tc, kind)
 
     s = _time_chunks(one, chunk, hx[:, :-1], ha, ids_x[:, 1:]) * valid
