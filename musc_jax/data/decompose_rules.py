@@ -295,6 +295,25 @@ def _d_capital_words(d: _Doc) -> list[Found]:
     return out
 
 
+# A counted phrase whose words must be capitalised: "capitalize at least 5 words (fully)",
+# "fewer than 4 words (that are) written entirely in capital letters".
+_CAP_COUNTED = (r"(?P<verb>\bcapitali[sz]e\s+(?:fully\s+|entirely\s+)?)?(?:" + BOUND + r")\s+"
+                r"(?:different\s+|distinct\s+)?words\b(?P<tail>\s+(?:that\s+(?:are|is)\s+|"
+                r"which\s+(?:are|is)\s+)?(?:written\s+|typed\s+|spelled\s+)?(?:entirely\s+|fully\s+|"
+                r"completely\s+|wholly\s+)?(?:in\s+)?(?:all\s+)?" + _CAP + r")?")
+
+
+def _d_capital_counted(d: _Doc) -> list[Found]:
+    out: list[Found] = []
+    for m in _iter(_CAP_COUNTED, d.text):
+        if not (m.group("verb") or m.group("tail")):
+            continue   # a plain word count
+        for rel, n in _bound_of(m):
+            out.append(Found(_c("change_case:capital_word_frequency", capital_relation=rel,
+                                capital_frequency=n), m.start(), m.end()))
+    return out
+
+
 def _d_case(d: _Doc) -> list[Found]:
     out = []
     capword_spans = [(m.start(), m.end()) for m in _iter(_CAPWORD, d.text)]
@@ -309,6 +328,7 @@ def _d_case(d: _Doc) -> list[Found]:
         if not _negated(d.text, m.start()):
             out.append(Found(_c("change_case:english_capital"), m.start(), m.end()))
     for m in _iter(r"\blower[\s-]?case\b|\bno\s+(?:capital|upper[\s-]?case)\s+letters\b|"
+                   r"\b(?:only|just|all)\s+(?:in\s+)?small\s+letters\b|\bno\s+capitali[sz]ation\b|"
                    r"\bno\s+capitals\b|\bcapital\s+letters\s+are\s+not\s+allowed|\bwithout\s+"
                    r"(?:any\s+|using\s+)?capital(?:s|\s+letters)\b", d.text):
         if not re.match(r"lower", m.group(0), re.I) or not _negated(d.text, m.start()):
@@ -757,6 +777,9 @@ _BEATS = {
                            "keywords:letter_frequency"},
     "keywords:forbidden_words": {"keywords:frequency"},
     "startend:end_checker": {"detectable_content:postscript"},
+    # "at least 5 words written in capitals" is neither a length bound nor all-caps text
+    "length_constraints:number_words": {"change_case:capital_word_frequency"},
+    "change_case:english_capital": {"change_case:capital_word_frequency"},
 }
 # Types that may legitimately appear more than once (two bounds make a range).
 _MULTI = {"length_constraints:number_words", "length_constraints:number_sentences",
@@ -775,7 +798,7 @@ def find_constraints(text: str, microworld: bool = True) -> list[Found]:
     """All recognised constraints with their character spans, in text order."""
     d = _Doc(text)
     found: list[Found] = []
-    for det in (_d_no_comma, _d_capital_words, _d_case, _d_language, _d_forbidden,
+    for det in (_d_no_comma, _d_capital_words, _d_capital_counted, _d_case, _d_language, _d_forbidden,
                 _d_frequency, _d_existence, _d_letter, _d_length, _d_placeholders,
                 _d_postscript, _d_bullets, _d_constrained, _d_highlights, _d_json, _d_title,
                 _d_two_responses, _d_quotation, _d_repeat, _d_end):
