@@ -371,23 +371,32 @@ def generate_responses(model, tokenizer, items: Sequence[EvalItem], max_new_toke
     """One response per item, in item order, generated `batch_size` prompts at a time.
 
     Items are batched in order of prompt length (less padding, fewer shape buckets); the seed of
-    each batch is derived from `seed` and the batch's position, so a run is reproducible.
+    each batch is derived from `seed` and the batch's position, so a run is reproducible. On
+    several processes each generates the batches it owns (`musc_jax.multiprocess.owned`, with
+    `mesh` over its own devices) and every process gets all responses: the same responses as
+    one process, whatever the process count.
     """
     from musc_jax.generate import generate_text
+    from musc_jax.multiprocess import allgather_json, owned
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     convs = [it.conversation() for it in items]
     order = sorted(range(len(convs)), key=lambda i: sum(len(m["content"]) for m in convs[i]))
-    out: list[str | None] = [None] * len(convs)
-    for start in range(0, len(order), batch_size):
+    mine: list[tuple[int, str]] = []
+    starts = range(0, len(order), batch_size)
+    for b in owned(len(starts)):
+        start = starts[b]
         idx = order[start:start + batch_size]
         texts = generate_text(model, tokenizer, [convs[i] for i in idx], max_new_tokens,
                               temperature=temperature, top_p=top_p, top_k=top_k,
                               seed=_batch_seed(seed, start), num_samples=1, mesh=mesh)
-        for i, t in zip(idx, texts):
-            out[i] = t
+        mine.extend(zip(idx, texts))
         log.info("generated %d/%d responses", min(start + batch_size, len(order)), len(order))
+    out: list[str | None] = [None] * len(convs)
+    for part in allgather_json(mine):
+        for i, t in part:
+            out[i] = t
     return out  # type: ignore[return-value]
 
 
@@ -465,6 +474,7 @@ def eval_config() -> ConfigDict:
         top_k=0,
         seed=0,
         per_item=True,       # write each item's response and verdicts into the output JSON
+        dtype="auto",        # generation dtype: "auto" = bfloat16 on GPU/TPU, float32 on CPU
     ))
 
 
@@ -508,24 +518,23 @@ def _write_json(obj: Any, path: Path) -> None:
 
 
 def run_eval(config) -> EvalResult:
-    """Load the model and items the config names, evaluate, write `eval.out`, print the table."""
+    """Load the model and items the config names, evaluate, write `eval.out`, print the table.
+
+    The model goes on each process's own devices (`mesh.tensor` devices per replica, replicas
+    over the rest; `data.policy.policy_mesh`) in `eval.dtype`; on several processes each
+    generates its share of the items and process 0 writes the result.
+    """
     check_eval_config(config)
     import jax
-    import jax.numpy as jnp
 
-    from musc_jax.models import from_pretrained, load_tokenizer
+    from musc_jax.data.policy import load_policy_model
 
     items = load_eval_items(config.eval.data)
     if not items:
         raise UserError(f"{config.eval.data}: no eval items")
-    mesh = None
-    if _get(config, "mesh", None) is not None:
-        from musc_jax.sharding import make_mesh
-        mesh = make_mesh(**config.mesh)
-    dtype = jnp.dtype(_get(config, "model.param_dtype", "float32"))
-    model = from_pretrained(config.model.path, dtype=dtype, mesh=mesh)
-    tokenizer = load_tokenizer(_get(config, "model.tokenizer", "") or config.model.path,
-                               model.config.vocab_size)
+    model, tokenizer, mesh = load_policy_model(
+        config.model.path, _get(config, "eval.dtype", "auto"), int(_get(config, "mesh.tensor", 1)),
+        _get(config, "model.tokenizer", ""))
     settings = dict(
         max_new_tokens=int(config.eval.max_new_tokens),
         temperature=float(config.eval.temperature),

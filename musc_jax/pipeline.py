@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from musc_jax.errors import MissingFileError, UserError
@@ -30,16 +29,19 @@ log = logging.getLogger(__name__)
 
 
 def _load(path: str):
-    from musc_jax.models import from_pretrained, load_tokenizer
-    return from_pretrained(path, dtype=jnp.float32), load_tokenizer(path)
+    """(model, tokenizer) on this process's devices (replicas over them, `policy_mesh()`)."""
+    from musc_jax.data.policy import load_policy_model
+    return load_policy_model(path)[:2]
 
 
 def _evaluate(config: ConfigDict, model_path: str, out: Path, items) -> dict[str, Any]:
+    from musc_jax.data.policy import policy_mesh
     from musc_jax.eval import evaluate, print_table
     model, tok = _load(model_path)
     e = config.eval
+    # on N processes each generates its share of the items (musc_jax.eval.generate_responses)
     result = evaluate(model, tok, items, max_new_tokens=e.max_new_tokens, temperature=e.temperature,
-                      batch_size=e.batch_size, seed=e.seed)
+                      batch_size=e.batch_size, seed=e.seed, mesh=policy_mesh())
     d = result.to_dict(per_item=e.per_item)
     if jax.process_index() == 0:
         out.write_text(json.dumps(d, indent=2))
@@ -88,7 +90,7 @@ def _given_pairs(path: str) -> tuple[str, dict[str, Any]]:
 def run_pipeline(config: ConfigDict) -> dict[str, Any]:
     """Run the config's recipe end to end; returns {"before", "after", "stats"}."""
     from musc_jax.data.builders.run import build_pairs
-    from musc_jax.data.policy import ModelPolicy
+    from musc_jax.data.policy import ModelPolicy, policy_mesh
     from musc_jax.eval import load_eval_items
     from musc_jax.report import write_report
 
@@ -124,11 +126,12 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
         round_dir = workdir if p.iterations == 1 else workdir / f"iteration_{it}"
         t = time.time()
         actor_model, tok = _load(actor)
-        policy = ModelPolicy(actor_model, tok, batch_size=p.generate_batch)
+        policy = ModelPolicy(actor_model, tok, batch_size=p.generate_batch, mesh=policy_mesh())
         refiner_policy = None
         if p.recipe == "spar" and refiner != actor:
             ref_model, ref_tok = _load(refiner)
-            refiner_policy = ModelPolicy(ref_model, ref_tok, batch_size=p.generate_batch)
+            refiner_policy = ModelPolicy(ref_model, ref_tok, batch_size=p.generate_batch,
+                                         mesh=policy_mesh())
         b = copy.deepcopy(config.build)
         with b.unlocked():
             b.model.path = actor

@@ -19,6 +19,14 @@ naming the keys that differ. A shard that yields no pairs is a directory with on
 shard_stats.json (read_pairs skips it). Everything random in a shard is fixed by (config.seed,
 shard index), so a resumed run builds what an uninterrupted run would have.
 
+Several processes (jax.distributed, e.g. `launch/local_multiprocess.sh`): process i builds the
+shards s with s % processes == i (`musc_jax.multiprocess.owned`), each on its own devices
+(`model.tensor` devices per replica, replicas over the rest, see `data.policy.policy_mesh`), and
+skips its own finished shards on a rerun. Since a shard's samples are fixed by (config.seed,
+shard index), N processes build exactly the shards one process builds. When every shard exists
+(out_dir must be on a filesystem all processes share), process 0 gathers the side outputs and
+writes stats.json, and every process returns after it (a barrier).
+
 Methods (`config.pairs.method`): "musc" and "ecd" (this package), "spar", "self_reward" and
 "random" (`musc_jax.data.builders.spar.build_spar`, `musc_jax.data.builders.baselines.build_self_reward`
 / `build_random`), all called as `fn(seeds, policy, cfg, seed) -> (rows, stats)` with `cfg` the
@@ -57,11 +65,12 @@ from ml_collections import ConfigDict
 from musc_jax.data import pairs_io
 from musc_jax.data.builders.ecd import EcdConfig
 from musc_jax.data.builders.musc import MuscConfig, config_from, finalize_rates, stage_seed
-from musc_jax.data.policy import ModelPolicy, Policy
+from musc_jax.data.policy import ModelPolicy, Policy, load_policy_model
 from musc_jax.data.seeds import ON_ERROR, load_seeds, seed_sources
 from musc_jax.data.weights import (KINDS as WEIGHT_KINDS, WeightConfig, compute_token_weights,
                                    mass_shares, weight_mass_counts)
 from musc_jax.errors import UserError
+from musc_jax.multiprocess import allgather_json, barrier, owned, wait_for_paths
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +96,9 @@ def base_pairs_config(method: str = "musc") -> ConfigDict:
     c.model = ConfigDict(dict(
         path="",                # HF directory of the policy (= the reference for token weights)
         tokenizer="",           # another directory for the tokenizer, if different
-        param_dtype="float32",
-        batch_size=64,          # conversations per generation batch
+        param_dtype="auto",     # "auto": bfloat16 on GPU/TPU, float32 on CPU | "float32" | "bfloat16"
+        batch_size=64,          # conversations per generation batch (per process)
+        tensor=1,               # devices per model replica (tensor parallel); replicas use the rest
     ))
     c.data = ConfigDict(dict(
         source="jsonl",         # "jsonl" | "hf" (a local HF dataset) | a registered source
@@ -174,7 +184,7 @@ def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_resume(out_dir: Path, config: ConfigDict) -> None:
+def _check_resume(out_dir: Path, config: ConfigDict, write: bool = True) -> None:
     mine = {k: v for k, v in _flat(config.to_dict()).items() if k not in RUNTIME_KEYS}
     path = out_dir / "config.json"
     if path.is_file():
@@ -184,7 +194,8 @@ def _check_resume(out_dir: Path, config: ConfigDict) -> None:
             raise UserError(f"{out_dir} holds shards built with another config (differing keys: "
                             f"{', '.join(diff)}); use another pairs.out_dir or remove it")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(mine, indent=1, sort_keys=True, default=str))
+    if write:   # one writer (process 0); the others only check
+        _write_atomic(path, json.dumps(mine, indent=1, sort_keys=True, default=str))
 
 
 def _is_rate(key: str) -> bool:
@@ -240,19 +251,14 @@ def _find(stats: Mapping, key: str):
 # ---------------------------------------------------------------------------------------- build
 
 def load_model_policy(model_cfg: ConfigDict, path: str | None = None) -> ModelPolicy:
-    """A ModelPolicy over the HF model at `path` (default `model.path`)."""
-    import jax.numpy as jnp
-
-    from musc_jax.models import from_pretrained, load_tokenizer
-
+    """A ModelPolicy over the HF model at `path` (default `model.path`), on this process's
+    devices (`model.tensor` per replica) in `model.param_dtype`."""
     own = path is None or path == model_cfg.path
     path = model_cfg.path if path is None else path
-    if not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{path}: no HF model directory (config.json missing); set model.path")
-    model = from_pretrained(path, dtype=jnp.dtype(model_cfg.param_dtype))
-    tokenizer = load_tokenizer((model_cfg.tokenizer or path) if own else path, model.config.vocab_size)
-    return ModelPolicy(model, tokenizer, batch_size=int(model_cfg.batch_size))
+    model, tokenizer, mesh = load_policy_model(
+        path, model_cfg.param_dtype, int(model_cfg.get("tensor", 1)),
+        (model_cfg.tokenizer or path) if own else path)
+    return ModelPolicy(model, tokenizer, batch_size=int(model_cfg.batch_size), mesh=mesh)
 
 
 def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Policy | None = None,
@@ -268,9 +274,6 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
     """
     import jax
 
-    if jax.process_count() > 1:
-        raise NotImplementedError("pair building runs in a single process (every process would "
-                                  "write the same shards); start python -m musc_jax.pairs alone")
     method = config.pairs.method
     fn = builder_fn(method)
     if config.data.source not in seed_sources():
@@ -291,7 +294,7 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
 
     out_dir = Path(config.pairs.out_dir)
     pairs_dir = out_dir / PAIRS_SUBDIR
-    _check_resume(out_dir, config)
+    _check_resume(out_dir, config, write=jax.process_index() == 0)
     pairs_dir.mkdir(parents=True, exist_ok=True)
 
     d = config.data
@@ -301,9 +304,12 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
     seeds = seedset.seeds
     size = int(config.pairs.shard_size)
     n_shards = -(-len(seeds) // size) if seeds else 0
-    todo = [s for s in range(n_shards) if not (pairs_dir / f"shard-{s:05d}").is_dir()]
-    log.info("pairs[%s]: %d seeds (%d malformed skipped), %d shards, %d to build, out %s", method,
-             len(seeds), sum(seedset.skipped.values()), n_shards, len(todo), pairs_dir)
+    mine = owned(n_shards)
+    todo = [s for s in mine if not (pairs_dir / f"shard-{s:05d}").is_dir()]
+    procs = jax.process_count()
+    where = f" (process {jax.process_index()} of {procs}: {len(mine)} shards)" if procs > 1 else ""
+    log.info("pairs[%s]: %d seeds (%d malformed skipped), %d shards%s, %d to build, out %s", method,
+             len(seeds), sum(seedset.skipped.values()), n_shards, where, len(todo), pairs_dir)
 
     state: dict[str, Any] = {}
 
@@ -336,7 +342,7 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
     fingerprint = model_fingerprint(config.model.path) if Path(config.model.path).is_dir() else ""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_shards, initial=n_shards - len(todo), desc=f"pairs[{method}]", unit="shard",
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"pairs[{method}]", unit="shard",
                disable=not config.pairs.progress)
     try:
         for s in todo:
@@ -364,12 +370,29 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
     finally:
         bar.close()
 
-    _gather_side_outputs(out_dir, pairs_dir, n_shards)
-    stats = _summarise(method, pairs_dir, n_shards, len(todo), seedset, config, fingerprint)
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=1, default=str))
-    log.info("pairs[%s]: %d pairs in %s; negativity rate %s; parse failures %s", method,
-             stats["pairs"], pairs_dir, stats["negativity_rate"], stats["parse_failures"])
+    built = len(todo)
+    if procs > 1:
+        # Shards finish minutes apart on different processes: wait on the shared filesystem,
+        # then count what every process built (the resume statistics cover the whole run).
+        wait_for_paths([pairs_dir / f"shard-{s:05d}" for s in range(n_shards)], "shards")
+        built = sum(allgather_json(len(todo)))
+    if jax.process_index() == 0:
+        _gather_side_outputs(out_dir, pairs_dir, n_shards)
+        stats = _summarise(method, pairs_dir, n_shards, built, seedset, config, fingerprint)
+        _write_atomic(out_dir / "stats.json", json.dumps(stats, indent=1, default=str))
+        log.info("pairs[%s]: %d pairs in %s; negativity rate %s; parse failures %s", method,
+                 stats["pairs"], pairs_dir, stats["negativity_rate"], stats["parse_failures"])
+    barrier(f"pairs:{out_dir}:stats")   # the others return once stats.json is written
+    if jax.process_index() != 0:
+        stats = json.loads((out_dir / "stats.json").read_text())
     return PairsRun(out_dir, pairs_dir, stats)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file, so a reader on another process never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _write_jsonl(rows: list, path: Path) -> None:
