@@ -29,6 +29,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from musc_jax.errors import UserError
+
 log = logging.getLogger("musc_jax.convert")
 
 GGUF_MAGIC = b"GGUF"
@@ -49,7 +51,7 @@ SUPPORTED_TENSOR_TYPES = frozenset({
 _QUANTIZED_CONFIG_KEYS = ("quantization_config", "_name_or_path", "_model_name_or_path")
 
 
-class GGUFError(ValueError):
+class GGUFError(UserError):
     """A GGUF file we cannot import; the message names the file and what is wrong."""
 
 
@@ -182,11 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        out = convert_gguf(args.gguf, args.out, overwrite=args.force)
-    except GGUFError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from musc_jax.cli import report_user_errors   # one-line message, exit 1 (MUSC_DEBUG=1: traceback)
+    out = report_user_errors(lambda: convert_gguf(args.gguf, args.out, overwrite=args.force))
     print(out)
     return 0
 

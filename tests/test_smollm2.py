@@ -195,14 +195,17 @@ def test_unsupported_tensor_type_is_named(tmp_path):
         inspect_gguf(p)
 
 
-def test_supported_header_passes_and_cli_refuses_nonempty_out(tmp_path, capsys):
+def test_supported_header_passes_and_cli_refuses_nonempty_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MUSC_DEBUG", raising=False)
     p = _write_gguf(tmp_path / "m.gguf", "llama", np.zeros((4, 8), np.float16))
     assert dict(inspect_gguf(p)["tensor_types"]) == {"F16": 1}
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    assert convert.main(["--gguf", str(p), "--out", str(out)]) == 2
-    assert "already exists and is not empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        convert.main(["--gguf", str(p), "--out", str(out)])
+    assert e.value.code == 1 and "already exists and is not empty" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "x"
-    assert convert.main(["--gguf", str(tmp_path / "none.gguf"), "--out", str(out)]) == 2
-    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        convert.main(["--gguf", str(tmp_path / "none.gguf"), "--out", str(out)])
+    assert e.value.code == 1 and "no such file" in capsys.readouterr().err
