@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
 from musc_jax import config as config_lib
+from musc_jax import distributed
 from musc_jax.checkpoint import Checkpointer, abstract_like
 from musc_jax.errors import UserError
 from musc_jax.metrics import MetricsWriter, NonFiniteError, check_finite
@@ -57,6 +58,10 @@ class Trainer:
         """`pair_loss` replaces `musc_jax.losses.preference_loss` (same signature), e.g. a loss
         defined in a notebook."""
         config_lib.validate(config)
+        # Several processes: what one writes (checkpoints, the reference cache) all must read.
+        distributed.check_shared_dir(config.workdir)
+        if config.reference.cache_dir and config.reference.mode == "precompute":
+            distributed.check_shared_dir(config.reference.cache_dir, "reference.cache_dir")
         config_lib.check_paths(config)
         self.config = c = config
         self.workdir = config_lib.check_writable(c.workdir)
@@ -75,6 +80,7 @@ class Trainer:
     def _init(self, c: ConfigDict, pair_loss: Callable | None) -> None:
         resume_meta = self._resume_meta(c)
         self.mesh = make_mesh(**c.mesh)
+        distributed.check_tensor_within_hosts(self.mesh.devices)
         dtype = jnp.dtype(c.model.param_dtype)
         compute = jnp.dtype(c.model.compute_dtype) if c.model.compute_dtype else dtype
         self.model = from_pretrained(c.model.path, dtype=dtype, mesh=self.mesh,

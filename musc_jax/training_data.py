@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
 from musc_jax.data import pairs_io
+from musc_jax.distributed import all_processes
 from musc_jax.data.batching import (BatchingConfig, PairLoader, Tokenized, collate_pairs,
                                     tokenize_pairs, tokenize_sft)
 from musc_jax.errors import UserError
@@ -155,7 +156,14 @@ def precompute_reference(graphdef, params, tok: Tokenized, c: ConfigDict, mesh: 
                 ex.token_fields.pop(f, None)
     cache_dir = Path(c.reference.cache_dir or Path(c.workdir) / "ref_cache")
     cache = cache_dir / f"ref_{_cache_key(c, tok)}.npz"
-    if cache.exists():
+    # One decision for all processes (the scoring below is collective): load only if every
+    # process can read the cache, else all recompute it (storage that is not shared, a restart
+    # that left the cache on one host's disk) and process 0 writes it again.
+    seen = all_processes(cache.exists())
+    if any(seen) and not all(seen):
+        log.warning("reference cache %s is visible to processes %s only: recomputing it on all",
+                    cache, [i for i, s in enumerate(seen) if s])
+    if all(seen):
         data = np.load(cache)
         for j, (side, field) in enumerate(REF_FIELDS.items()):
             flat, offsets = data[side], data["offsets"][j]
