@@ -2,7 +2,7 @@
 # Run one command on every worker (host) of a Cloud TPU VM slice, e.g. a v5p-64 (8 hosts).
 #
 #   launch/tpu_pod.sh --tpu NAME --zone ZONE [--project PROJECT] [--repo DIR] [--venv DIR]
-#       [--port PORT] [--env KEY=VALUE ...] [--dry_run] -- COMMAND [ARGS...]
+#       [--port PORT] [--env KEY=VALUE ...] [--install] [--dry_run] -- COMMAND [ARGS...]
 #
 #   --tpu      TPU VM name (as in `gcloud compute tpus tpu-vm list`)              [required]
 #   --zone     its zone, e.g. us-east5-a                                           [required]
@@ -15,6 +15,8 @@
 #   --port     coordinator port on worker 0 (default 8476)
 #   --env      extra KEY=VALUE exported on every worker (repeatable), e.g.
 #              --env MUSC_MODEL_PATH=/mnt/models/llama3-8b --env MUSC_TRAIN_DATA=gs://...
+#   --install  first `pip install -e ".[tpu]"` in the repo on every worker (jax[tpu] of our jax
+#              version, which brings libtpu; the plain install is the CPU build)
 #   --dry_run  print the gcloud command instead of running it
 #
 # The script asks gcloud for the slice's workers (their internal IPs), then starts COMMAND on
@@ -32,7 +34,7 @@
 #       --config configs/llama3_8b_musc.py
 set -euo pipefail
 
-tpu="" zone="" project="" repo="musc_jax" venv="" port=8476 dry_run=0
+tpu="" zone="" project="" repo="musc_jax" venv="" port=8476 dry_run=0 install=0
 extra_env=()
 usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 while [[ $# -gt 0 ]]; do
@@ -44,6 +46,7 @@ while [[ $# -gt 0 ]]; do
     --venv) venv="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --env) extra_env+=("$2"); shift 2 ;;
+    --install) install=1; shift ;;
     --dry_run) dry_run=1; shift ;;
     -h|--help) usage 0 ;;
     --) shift; break ;;
@@ -79,6 +82,7 @@ if [[ -n "$venv" ]]; then
 else
   remote+="; if [ -f .venv/bin/activate ]; then source .venv/bin/activate; fi"
 fi
+[[ "$install" == 1 ]] && remote+="; python -m pip install -q -e '.[tpu]'"
 remote+="; export JAX_COORDINATOR_ADDRESS=$(q "${workers[0]}:$port") JAX_NUM_PROCESSES=${#workers[@]}"
 remote+="; export JAX_PROCESS_ID=\$(curl -sf -H 'Metadata-Flavor: Google'"
 remote+=" http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number)"

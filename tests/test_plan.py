@@ -279,6 +279,16 @@ def test_tpu_pod_launcher_exports_jax_cluster_env(tmp_path):
             "('JAX_PROCESS_ID', '3'), ('MUSC_MODEL_PATH', '/m d')]") in proc.stdout, proc.stdout
 
 
+def test_tpu_pod_launcher_installs_the_tpu_extra(tmp_path):
+    env = _fake_tools(tmp_path / "bin", {"gcloud": 'if [[ "$*" == *describe* ]]; then echo 10.0.0.2; fi\n'})
+    proc = subprocess.run(["bash", str(REPO / "launch/tpu_pod.sh"), "--tpu", "t", "--zone", "z",
+                           "--install", "--dry_run", "--", "python", "-m", "musc_jax.train"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    shown = proc.stdout.replace("\\", "")  # the dry run prints the command %q-quoted
+    assert "pip install -q -e '.[tpu]'; export JAX_COORDINATOR_ADDRESS" in shown, shown
+
+
 @pytest.mark.parametrize("mode,expected", [
     ("node", ["0/2 all", "1/2 all"]),
     ("gpu", [f"{i}/8 {i % 4}" for i in range(8)]),
