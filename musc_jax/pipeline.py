@@ -122,13 +122,15 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
         actor = _train(config, actor, pairs_dir, workdir, "preference")
         timings["train 1"] = time.time() - t
     rounds = 0 if given_pairs else p.iterations   # given pairs: trained above, nothing to build
+    # SPaR by the build method, not the recipe name (a report may call it "spar_checker").
+    spar = config.build.pairs.method == "spar"
     for it in range(1, rounds + 1):
         round_dir = workdir if p.iterations == 1 else workdir / f"iteration_{it}"
         t = time.time()
         actor_model, tok = _load(actor)
         policy = ModelPolicy(actor_model, tok, batch_size=p.generate_batch, mesh=policy_mesh())
         refiner_policy = None
-        if p.recipe == "spar" and refiner != actor:
+        if spar and refiner != actor:
             ref_model, ref_tok = _load(refiner)
             refiner_policy = ModelPolicy(ref_model, ref_tok, batch_size=p.generate_batch,
                                          mesh=policy_mesh())
@@ -138,7 +140,7 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
             b.pairs.out_dir = str(round_dir / "build")
             b.pairs.round = it
             b.seed = config.seed * 1000 + it
-        extra = {"refiner": refiner_policy} if p.recipe == "spar" else {}
+        extra = {"refiner": refiner_policy} if spar else {}
         built = build_pairs(b, policy, model=actor_model, tokenizer=tok, **extra)
         pairs_dir, stats = built.pairs_dir, built.stats
         timings[f"pairs {it}"] = time.time() - t
@@ -151,11 +153,11 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
             actor = _train(config, actor, str(pairs_dir), round_dir, "preference")
         timings[f"train {it}"] = time.time() - t
         refiner_data = Path(built.out_dir) / "refiner_sft.jsonl"
-        if p.recipe == "spar" and p.train_refiner and refiner_data.exists() and refiner_data.stat().st_size:
+        if spar and p.train_refiner and refiner_data.exists() and refiner_data.stat().st_size:
             t = time.time()
             refiner = _train(config, refiner, str(refiner_data), round_dir / "refiner", "sft")
             timings[f"refiner {it}"] = time.time() - t
-        elif p.recipe == "spar" and not p.train_refiner:
+        elif spar and not p.train_refiner:
             refiner = actor  # shared weights: the trained actor also judges and refines
         if p.eval_each_iteration and p.iterations > 1 and it < p.iterations:
             t = time.time()

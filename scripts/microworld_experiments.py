@@ -1,6 +1,7 @@
 """The microworld comparison: every recipe and ablation, several seeds, one results table.
 
-    python scripts/microworld_experiments.py [--seeds 0 1 2] [--variants musc_static random ...]
+    python scripts/microworld_experiments.py [--seeds 0 1 2] [--variants musc_none random ...]
+        [--best-self none|self] [--seeds-all] [--summaries docs/results/microworld]
         [--out runs/experiments] [--extra --config.eval.limit=100 ...]
 
 Each variant is one `python -m musc_jax.train` run (a fresh process) of a microworld config
@@ -11,8 +12,8 @@ loss / weight ablations (coarse, dynamic, as released), which train on the pairs
 `musc_<best>` built for the same seed (`--config.pipeline.pairs`), so they compare objectives on
 identical data; MuSC with one model in every role. Every row states its signal (self / checker /
 none, from the build's stats.json) and the pairs it kept; one summary per run (eval metrics,
-stats, config, wall time) is written under --summaries (docs/results/microworld). Runs go seed by seed, so an interrupted sweep still has every
-variant at the first seeds; finished runs are skipped when the script is started again, and the
+stats, config, wall time) is written under --summaries (docs/results/microworld). Runs go
+seed by seed, so an interrupted sweep still has every variant at the first seeds; finished runs are skipped when the script is started again, and the
 table is rewritten after every run. Writes `results.md` (mean and spread of held-out
 prompt-level and instruction-level strict accuracy per variant), `results.json` and
 `results.png` into --out (and the table into --summaries). SPaR reports iterations 1..3 from
@@ -189,6 +190,9 @@ def write_results(out: Path, variants: list[str], seeds: list[int], summaries: P
             st = build_stats(wd)
             info = {"signal": st.get("signal") or st.get("builder", {}).get("signal") or "?",
                     "pairs": int(st.get("pairs", 0) or 0)}
+            iters = sorted(wd.glob("iteration_*/build/stats.json"))
+            if iters:   # SPaR: the pairs of every iteration
+                info["pairs"] = sum(int(json.loads(f.read_text()).get("pairs", 0) or 0) for f in iters)
             wall = wd / "wall_time.json"
             info["wall_s"] = json.loads(wall.read_text())["seconds"] if wall.is_file() else None
             evals = [(name, wd / "eval_after.json")]

@@ -11,7 +11,8 @@ from musc_jax.data.constraints import make
 from musc_jax.data.pairs_io import normalize_pair, read_pairs, read_sft
 from musc_jax.data.policy import ScriptedPolicy
 from musc_jax.data.recombine import compose
-from musc_jax.data.roles import CRITIQUE_REQUEST, critique_judge_messages, judge_messages, refine_messages, respond_messages
+from musc_jax.data.roles import (CRITIQUE_REQUEST, critique_judge_messages, refine_messages,
+                                 respond_messages)
 from musc_jax.data.seeds import Seed
 
 # Actor samples per instruction (5 each). The scripted judge says yes iff "FIXED" is in the
