@@ -16,9 +16,12 @@ weights.source=uniform (coarse only), weights.source=dynamic (dynamic token weig
 build.pairs.method=random|self_reward (baselines), pipeline.recipe=... for the report title.
 """
 
+import dataclasses
+
 from ml_collections import ConfigDict
 
 from musc_jax.config import base_config
+from musc_jax.data.builders.baselines import RandomConfig, SelfRewardConfig
 from musc_jax.microworld.plugin import pairs_config
 from musc_jax.eval import eval_config
 
@@ -70,6 +73,10 @@ def pipeline_config(recipe: str) -> ConfigDict:
     c.build.musc.max_new_tokens = 160
     c.build.weights.kind = "kl"
     c.build.weights.batch_size = 32
+    # The baselines' sections (used with build.pairs.method=self_reward | random), so that their
+    # keys can be overridden, e.g. build.self_reward.judge=verifier (the checker row).
+    c.build.self_reward = ConfigDict(dataclasses.asdict(SelfRewardConfig()))
+    c.build.random = ConfigDict(dataclasses.asdict(RandomConfig()))
     return c
 
 
