@@ -19,6 +19,12 @@
 # Example: a 2 x 4 = 8-device training run on a laptop
 #   launch/local_multiprocess.sh -n 2 -d 4 -- python -m musc_jax.train --config configs/dpo.py \
 #       --config.model.path=/path/to/model --config.data.train=/path/to/pairs --config.mesh.fsdp=-1
+# Pair building (each process builds its own shards; process 0 writes stats.json) and eval:
+#   launch/local_multiprocess.sh -n 2 -d 4 -- python -m musc_jax.pairs \
+#       --config configs/pairs_musc.py --config.pairs.out_dir=runs/pairs_2proc
+#   launch/local_multiprocess.sh -n 2 -d 4 -- python -m musc_jax.eval --config configs/microworld.py \
+#       --config.model.path=musc_jax/microworld/assets/base_model \
+#       --config.eval.data=musc_jax/microworld/assets/eval.jsonl --config.eval.out=runs/eval_2proc.json
 set -euo pipefail
 
 procs=2

@@ -32,6 +32,15 @@
 #   launch/tpu_pod.sh --tpu my-v5p-64 --zone us-east5-a --env MUSC_MODEL_PATH=/mnt/llama3-8b \
 #       --env MUSC_TRAIN_DATA=/mnt/pairs/musc -- python -m musc_jax.train \
 #       --config configs/llama3_8b_musc.py
+# Pair building and evaluation run the same way (every worker takes its share of the seeds or
+# items; out_dir must be on storage all workers share, docs/scale_out.md section 4):
+#   launch/tpu_pod.sh --tpu my-v5p-64 --zone us-east5-a -- python -m musc_jax.pairs \
+#       --config configs/pairs_musc.py --config.model.path=/mnt/llama3-8b \
+#       --config.data.source=jsonl --config.data.path=/mnt/seeds.jsonl --config.musc.decomposer=rule \
+#       --config.pairs.out_dir=/mnt/pairs/musc
+#   launch/tpu_pod.sh --tpu my-v5p-64 --zone us-east5-a -- python -m musc_jax.eval \
+#       --config configs/llama3_8b_musc.py --config.model.path=/mnt/llama3-8b \
+#       --config.eval.data=/mnt/ifeval.jsonl --config.eval.out=/mnt/eval/base.json
 set -euo pipefail
 
 tpu="" zone="" project="" repo="musc_jax" venv="" port=8476 dry_run=0 install=0
