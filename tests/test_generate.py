@@ -182,15 +182,18 @@ def test_num_samples_is_prompt_major(tiny):
     np.testing.assert_array_equal(greedy.tokens, np.repeat(single, n, axis=0))
 
 
-def test_same_bucket_does_not_recompile(tiny):
-    generate(tiny, PROMPTS, N, temperature=0.9, top_p=0.9, seed=0)
-    before = gen.TRACE_COUNTS["generate"]
+@pytest.mark.parametrize("engine, keys", [("static", ("generate",)),
+                                          ("continuous", ("engine_prefill", "engine_decode"))])
+def test_same_bucket_does_not_recompile(tiny, engine, keys):
+    generate(tiny, PROMPTS, N, temperature=0.9, top_p=0.9, seed=0, engine=engine)
+    before = [gen.TRACE_COUNTS[k] for k in keys]
     # other prompt lengths (same 16 bucket), 3 rows (same batch bucket 4), other values
     generate(tiny, [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [4], [9, 9]], N, temperature=0.5,
-             top_p=0.7, seed=3, eos_token_id=[3, 4], pad_token_id=2)
-    assert gen.TRACE_COUNTS["generate"] == before
-    generate(tiny, [[1] * 20] * 4, N, temperature=0.9, top_p=0.9)  # new prompt bucket: one trace
-    assert gen.TRACE_COUNTS["generate"] == before + 1
+             top_p=0.7, seed=3, eos_token_id=[3, 4], pad_token_id=2, engine=engine)
+    assert [gen.TRACE_COUNTS[k] for k in keys] == before
+    # a new prompt bucket: one new prefill trace (the static engine: one new program)
+    generate(tiny, [[1] * 20] * 4, N, temperature=0.9, top_p=0.9, engine=engine)
+    assert gen.TRACE_COUNTS[keys[0]] == before[0] + 1
 
 
 def test_bad_input_errors(tiny):
