@@ -24,11 +24,13 @@ less than wall time when other processes compete for the cores.
 MFU = analytic model FLOPs per step / median step time / dense float32 matmul FLOP/s measured
 here (jnp.dot of 2048 x 2048, best of 3, sampled before every timed round so that it sees the
 same load as the steps; the median of those samples). The table also shows the MFU against the
-best sample of the whole run. The last line is machine-readable:
+best sample of the whole run. The last line is machine-readable (speedup = trl_s / ours_s with
+the reference online, pre_speedup = trl_s / pre_s with it precomputed; mfu of the online step):
 
-    train_step: ours_s=<float> trl_s=<float> speedup=<float> mfu=<fraction>
+    train_step: ours_s=<float> trl_s=<float> speedup=<float> pre_s=<float> pre_speedup=<float> mfu=<fraction>
 
-    python bench/train_step.py [--steps 5] [--warmup 1] [--skip-trl] [--breakdown]
+    python bench/train_step.py [--steps 3] [--warmup 1] [--skip-trl] [--breakdown]
+        [--attention auto|xla|einsum] [--scan-layers] [--remat none|full|dots_saveable|save_qkv_proj]
 """
 
 from __future__ import annotations
@@ -304,10 +306,13 @@ def main() -> None:
 
 def run(tmp: Path) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=5, help="timed steps (rounds) per configuration")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps (rounds) per configuration")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
     ap.add_argument("--skip-trl", action="store_true", help="time only our steps (trl_s=nan)")
     ap.add_argument("--skip-precompute", action="store_true")
+    ap.add_argument("--attention", default="auto", help="model.attention of our model")
+    ap.add_argument("--scan-layers", action="store_true", help="model.scan_layers of our model")
+    ap.add_argument("--remat", default="none", help="model.remat of our model")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time pieces of our step (forward variants, grad, optimizer)")
     args = ap.parse_args()
@@ -328,7 +333,9 @@ def run(tmp: Path) -> None:
     peak.sample(7)
 
     total_steps = 10 * (args.warmup + args.steps) + 10
-    model = init_model(cfg, seed=0)
+    model = init_model(cfg, seed=0, attention=args.attention, scan_layers=args.scan_layers,
+                       remat=args.remat)
+    print(f"our model: attention={args.attention} scan_layers={args.scan_layers} remat={args.remat}")
     pairs = make_pairs(cfg.vocab_size, seed=0)
     batch = {k: jnp.asarray(v) for k, v in pairs.items()}
     model_dir = save_pretrained(model, tmp / "model")
@@ -431,7 +438,9 @@ def run(tmp: Path) -> None:
 
     mfu = flops_online / ours_s / run_peak
     speedup = trl_s / ours_s
-    print(f"train_step: ours_s={ours_s:.4f} trl_s={trl_s:.4f} speedup={speedup:.3f} mfu={mfu:.4f}")
+    pre_s = median(pre_times) if pre_times else float("nan")
+    print(f"train_step: ours_s={ours_s:.4f} trl_s={trl_s:.4f} speedup={speedup:.3f} "
+          f"pre_s={pre_s:.4f} pre_speedup={trl_s / pre_s:.3f} mfu={mfu:.4f}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ axis and the step scans over it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -143,6 +144,22 @@ def make_train_step(graphdef, cfg: StepConfig, tx: optax.GradientTransformation,
         return params, opt_state, metrics
 
     return step
+
+
+DEFAULT_COMPILATION_CACHE = "~/.cache/musc_jax/jax"
+
+
+def enable_compilation_cache(directory: str | None = DEFAULT_COMPILATION_CACHE) -> str | None:
+    """Keep compiled steps on disk in `directory` ("" or None: off), so that a rerun or a resume
+    of the same shapes loads them instead of compiling again. Returns the directory used."""
+    if not directory:
+        return None
+    path = os.path.expanduser(directory)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    # Cache every step that took a noticeable time to compile (the default skips < 1 s ones).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
 
 
 def make_eval_step(graphdef, cfg: StepConfig, pair_loss: Callable | None = None) -> Callable:

@@ -142,3 +142,19 @@ def test_online_reference_with_remat_trains(scan, remat):
         losses.append(float(m["loss"]))
     assert abs(losses[0] - np.log(2)) < 1e-5  # policy == reference at step 1
     assert losses[2] < losses[0]
+
+
+def test_compilation_cache_written(tmp_path):
+    """enable_compilation_cache makes a jitted step land on disk (fresh process: global config)."""
+    from subproc import run_python
+
+    out = run_python(f"""
+import jax, jax.numpy as jnp
+from musc_jax.train_step import enable_compilation_cache
+assert enable_compilation_cache("") is None
+enable_compilation_cache({str(tmp_path / 'cache')!r})
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+print(float(jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).sum()))
+""", devices=1)
+    assert float(out.strip().splitlines()[-1]) != 0
+    assert any((tmp_path / "cache").iterdir())

@@ -5,6 +5,10 @@ RMSNorm (Qwen3), sliding-window attention (Mistral, Qwen when enabled), rope sca
 embeddings. Every parameter carries `logical_axes` metadata that `musc_jax.sharding` maps to mesh
 axes. Padding is expressed by `attention_mask`; positions are derived from it, so left and right
 padding give the same logits on the real tokens.
+
+Run options (DecoderLM arguments, `model.*` config keys): `attention` picks the kernel of
+`musc_jax.models.attention`; `remat` a checkpoint policy per layer; `scan_layers` stacks the
+layers' parameters on a leading axis and runs them as one lax.scan (one layer compiled).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from musc_jax.models import attention as attention_lib
 from musc_jax.models.config import ConfigError, ModelConfig
 from musc_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
 
-_MASK_VALUE = attention_lib.MASK_VALUE
 # model.remat: what a layer keeps for the backward pass. full: only its input; dots_saveable:
 # matmul outputs; save_qkv_proj: the q/k/v projections (named by checkpoint_name); none: all.
 REMAT_POLICIES = ("full", "dots_saveable", "save_qkv_proj", "none")
@@ -103,7 +106,6 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
         self.window = cfg.layer_window(layer)
-        self.groups = h // kv
         self.scale = d ** -0.5
         self.dtype = dtype
 
@@ -116,6 +118,15 @@ class Attention(nnx.Module):
             y = y + bias[...].astype(self.dtype)
         return checkpoint_name(y, name)
 
+    def qkv(self, x, cos, sin):
+        """Queries [B, T, H, D] and keys/values [B, T, KV, D] of x [B, T, E], normed and roped."""
+        q = self._project(x, self.q_proj, self.q_bias, "query_proj")
+        k = self._project(x, self.k_proj, self.k_bias, "key_proj")
+        v = self._project(x, self.v_proj, self.v_bias, "value_proj")
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
     def __call__(self, x, cos, sin, key_mask, q_slots, cache_kv=None, write_index=None,
                  attention: str = "einsum", mesh=None):
         """x [B, T, E]; key_mask [B, S] real key slots; q_slots [T] the cache slot of each query.
@@ -125,12 +136,7 @@ class Attention(nnx.Module):
         `attention` is a resolved `musc_jax.models.attention` implementation (training and
         prefill; a call with a cache uses the einsum path). Returns (out [B, T, E], (k, v)).
         """
-        q = self._project(x, self.q_proj, self.q_bias, "query_proj")
-        k = self._project(x, self.k_proj, self.k_bias, "key_proj")
-        v = self._project(x, self.v_proj, self.v_bias, "value_proj")
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.qkv(x, cos, sin)
         if cache_kv is not None:
             ck, cv = cache_kv
             k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
