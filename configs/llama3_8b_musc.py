@@ -70,6 +70,7 @@ def scale_out_config(model: str, recipe: str, hardware: str = "v5p64") -> Config
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "bfloat16"
     c.model.remat = True
+    c.model.scan_layers = True  # one layer compiled; the TPU AOT compile (docs/aot.md) measures it
     with c.unlocked():
         c.model.preset = model  # shape for musc_jax.plan when model.path has no config.json
     c.plan.hardware, c.plan.device_memory_gib, c.plan.devices = hardware, memory, devices

@@ -452,8 +452,13 @@ def workload_for(config, mesh: MeshShape) -> Workload:
 def plan(model_cfg: ModelConfig, mesh: MeshShape, workload: Workload, optim_cfg,
          param_dtype: str = "float32", compute_dtype: str | None = None, remat: bool = False,
          profile: Profile = ACCELERATOR, model_source: str = "", precompute_rows: int = 0,
-         rules=LOGICAL_RULES) -> MemoryPlan:
-    """The per-device memory plan of one training configuration."""
+         rules=LOGICAL_RULES, lora_params: int = 0) -> MemoryPlan:
+    """The per-device memory plan of one training configuration.
+
+    `lora_params` > 0 (LoRA adapters' parameter count): only the adapters have AdamW moments and
+    an update (counted unsharded, an upper bound: float32, a few hundred MB at most for 8B
+    models); the reference is the base itself (no copy); the kernel-sized gradient that the
+    adapters' gradients come from is still counted (musc_jax.models.lora forms W + A @ B)."""
     compute_dtype = compute_dtype or param_dtype
     state = abstract_params(model_cfg, param_dtype)
     infos = param_infos(state)
@@ -468,6 +473,8 @@ def plan(model_cfg: ModelConfig, mesh: MeshShape, workload: Workload, optim_cfg,
     layer_w = sum(v for k, v in full_after_tensor.items() if k.startswith("layers/0/"))
     head = full_after_tensor.get("lm_head") or full_after_tensor.get("embed", 0)
     grads = params * (2 if workload.grad_accum > 1 else 1)
+    if lora_params:
+        optimizer, grads = 8 * lora_params, grads + 4 * lora_params
     batch = workload.batch_arrays * workload.examples * workload.seq * 4 * workload.grad_accum
     lw, hw = (layer_w, head) if gather else (0, 0)
     acts = {r: activation_terms(d, workload, profile, r, lw, hw) for r in (False, True)}
@@ -482,8 +489,10 @@ def plan(model_cfg: ModelConfig, mesh: MeshShape, workload: Workload, optim_cfg,
         model_source=model_source, model_cfg=model_cfg, num_params=sum(math.prod(i.shape) for i in infos),
         mesh=mesh, param_dtype=param_dtype, compute_dtype=compute_dtype, workload=workload,
         profile=profile, params=params, optimizer=optimizer, moment_dtypes=opt_info["moment_dtypes"],
-        reference_params=params if workload.reference == "online" else 0, gradients=grads,
-        batch=batch, update_temps=int(profile.update * params), activations=acts,
+        reference_params=params if workload.reference == "online" and not lora_params else 0,
+        gradients=grads, batch=batch,
+        update_temps=int(profile.update * (4 * lora_params if lora_params else params)),
+        activations=acts,
         forward_only=forward_only_bytes(d, workload, lw, hw),
         precompute_pass=pre, remat=remat)
 
@@ -497,10 +506,18 @@ def plan_config(config, num_devices: int | None = None, profile: Profile = ACCEL
     mesh = resolve_mesh(config.mesh, num_devices)
     work = workload_for(config, mesh)
     pre_rows = int(config.train.batch_size) // mesh.rows if work.reference == "precompute" else 0
+    lora_params = 0
+    if "lora" in config.model and int(config.model.lora.rank) > 0:
+        from musc_jax.models import lora
+        cfg = lora.LoraConfig.from_config(config.model.lora)
+        state = abstract_params(model_cfg, config.model.param_dtype)
+        lora_params = lora.num_params(jax.eval_shape(
+            lambda p: lora.init_adapter(p, cfg, jax.random.key(0)), state))
     return plan(model_cfg, mesh, work, config.optim, param_dtype=config.model.param_dtype,
                 compute_dtype=config.model.compute_dtype or None,
                 remat=config.model.remat not in (False, None, "none"),  # a policy name or a bool
-                profile=profile, model_source=source, precompute_rows=pre_rows)
+                profile=profile, model_source=source, precompute_rows=pre_rows,
+                lora_params=lora_params)
 
 
 # ------------------------------------------------------------------------------------- report

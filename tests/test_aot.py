@@ -86,3 +86,15 @@ def test_config_without_topology_is_refused():
     c.plan.topology = ""
     with pytest.raises(ValueError, match="plan.topology"):
         aot.aot_report(c, _tiny())
+
+
+@pytest.mark.slow  # three TPU compiles
+def test_costs_extended_from_two_and_four_layers_equal_a_direct_compile():
+    """The rule compile_train uses above 4 layers: costs are affine in the layer count."""
+    import dataclasses
+    c, mc = _config(), dataclasses.replace(_tiny(), num_layers=6)
+    devices = aot.topology_devices(TOPOLOGY)
+    direct = aot.loop_free_costs(c, mc, devices)
+    _, extended, _ = aot.compile_train(c, mc, devices, extrapolate_above=4)
+    assert extended.flops == pytest.approx(direct.flops, rel=0.01)
+    assert extended.est_seconds == pytest.approx(direct.est_seconds, rel=0.05)

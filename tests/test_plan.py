@@ -170,6 +170,23 @@ def test_remat_and_precompute_lower_the_plan():
     assert online.reference_params == p.params and online.total(True) > p.total(True)
 
 
+def test_lora_plan_holds_optimizer_state_for_adapters_only():
+    from musc_jax.config import load_config_file
+    from musc_jax.memory_plan import plan_config
+    c = load_config_file(str(REPO / "configs" / "llama3_8b_musc.py"),
+                         ["--config.reference.mode=online"])
+    full = plan_config(c)
+    with c.unlocked():
+        c.model.lora.rank, c.model.lora.alpha = 16, 32.0
+    lora = plan_config(c)
+    # Llama-3-8B, rank 16 on all seven linear maps: 41,943,040 adapter parameters (PEFT's count).
+    assert lora.optimizer == 8 * 41_943_040
+    # fp32 moments sharded like the params (plus step counters and replicated-vector slack)
+    assert 2 * full.params <= full.optimizer <= 2 * full.params + 2 ** 20
+    assert lora.reference_params == 0 and full.reference_params == full.params
+    assert lora.params == full.params and lora.total() < full.total() - 2 * full.params
+
+
 # ------------------------------------------------------------------------------ real configs
 
 @pytest.mark.parametrize("name", REAL_CONFIGS)
