@@ -1,21 +1,37 @@
-"""Sampling with a KV cache: musc_jax `generate` vs transformers `generate` (DESIGN 9).
+"""Sampling throughput: the continuous engine vs the static engine vs transformers `generate`.
 
-The 32M-parameter `bench_32m` model (hidden 512, 8 layers, 8 heads / 4 KV heads, MLP 1408,
-vocab 8192) with random weights; 16 prompts of 64 random tokens; 128 new tokens each, sampled
-at temperature 1 with top-p 0.9 (top-k off). No EOS on either side, so every row generates all
-128 tokens.
+Model: `bench_32m` (hidden 512, 8 layers, 8 heads / 4 KV heads, MLP 1408, vocab 8192), random
+weights, float32, sampling at temperature 1 with top-p 0.9 (top-k off).
 
-* ours: `musc_jax.generate.generate` (prefill + while_loop decode in one jit, float32), timed
-  after a warm-up call that compiles;
-* transformers: LlamaForCausalLM (torch, CPU, float32, `torch.set_num_threads(<cores>)`) loaded
-  from the same weights (`save_pretrained`), `generate(do_sample=True, top_p=0.9, top_k=0)`,
-  timed after a short warm-up generation.
+* fixed: 16 prompts of 64 random tokens, 128 new tokens each, no EOS.
+* mixed: 64 prompts of 16..96 tokens; each row's output length drawn log-uniformly from
+  16..512 (many short answers, a few long ones; fixed seed). Ours and the static engine get the
+  lengths as per-prompt budgets (`max_new_tokens=[...]`; the static engine takes one budget, so
+  it runs every row to the longest, which is what it does when rows end early at EOS).
+  transformers runs batches of 32, each to its longest row (what `generate` costs when rows end
+  at EOS: finished rows are decoded as padding until the batch's last row ends). Throughput
+  counts useful tokens only (sum of the drawn lengths).
 
-new tokens/s = 16 * 128 / median seconds per call. The last line is machine-readable:
+Engines: ours = `generate(..., engine="continuous")` (default slots), old = `engine="static"`
+(the engine before continuous batching), transformers = LlamaForCausalLM (torch CPU float32,
+`torch.set_num_threads(<cores>)`) on the same weights. Each is timed `--repeats` times after a
+warm-up call (compilation); the median is reported, ratios from the same run.
 
-    generate: ours_tok_s=<float> hf_tok_s=<float> speedup=<float>
+"finished work" is the share of decode slot-steps spent on rows that had already ended (static
+engine and transformers: padding rows of the batch); "idle" (ours) the share spent on slots
+holding no row in the tail.
 
-    python bench/generate.py [--repeats 3] [--hf-repeats 2] [--skip-hf]
+Where a decode step goes (fixed workload, per step, median of jitted micro-timings): the model
+step (embed + layers + logits) and the sampler (top-p), for the static engine's cache
+([B, S, kv, D], written by dynamic_update_slice) and ours (slot cache), and how many
+cache-sized copy/transpose ops the compiled decode loop runs per step (from the HLO).
+
+    python bench/generate.py [--repeats 3] [--skip-hf] [--skip-static] [--only fixed|mixed]
+
+The last lines are machine-readable:
+
+    generate_fixed: ours_tok_s=<f> static_tok_s=<f> hf_tok_s=<f> vs_static=<f> vs_hf=<f>
+    generate_mixed: ours_tok_s=<f> static_tok_s=<f> hf_tok_s=<f> vs_static=<f> vs_hf=<f>
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,73 +50,198 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from common import fmt_times, median, time_calls  # noqa: E402
 from musc_jax import generate as gen  # noqa: E402
+from musc_jax.engine import continuous, hlo, static  # noqa: E402
+from musc_jax.engine.sampling import SamplingMode, sample  # noqa: E402
+from musc_jax.engine.slot_cache import init_slot_cache, slot_forward  # noqa: E402
 from musc_jax.models import ModelConfig, init_model, save_pretrained  # noqa: E402
 
-BATCH, PROMPT, NEW = 16, 64, 128
 TOP_P, TEMPERATURE = 0.9, 1.0
+FIXED = dict(batch=16, prompt=64, new=128)
+MIXED = dict(prompts=64, prompt_lo=16, prompt_hi=96, new_lo=16, new_hi=512, hf_batch=32)
+
+
+def workloads(vocab: int):
+    rng = np.random.default_rng(0)
+    fixed = rng.integers(0, vocab, (FIXED["batch"], FIXED["prompt"])).tolist()
+    lens = rng.integers(MIXED["prompt_lo"], MIXED["prompt_hi"] + 1, MIXED["prompts"])
+    mixed = [rng.integers(0, vocab, n).tolist() for n in lens]
+    budgets = np.exp(rng.uniform(np.log(MIXED["new_lo"]), np.log(MIXED["new_hi"]),
+                                 MIXED["prompts"])).astype(int).tolist()
+    return fixed, mixed, budgets
+
+
+def time_ours(model, prompts, budgets, engine, repeats):
+    seed = iter(range(1000))
+    last = {}
+
+    def call():
+        b = budgets if engine == "continuous" else max(budgets)
+        out = gen.generate(model, prompts, b, temperature=TEMPERATURE, top_p=TOP_P, top_k=0,
+                           seed=next(seed), engine=engine)
+        assert np.all(out.lengths == (np.array(budgets) if engine == "continuous" else b))
+        last["out"] = out
+
+    traces = sum(gen.TRACE_COUNTS.values())
+    call()                                               # warm-up: compiles every bucket
+    compiled = sum(gen.TRACE_COUNTS.values()) - traces
+    times = time_calls(call, repeats, warmup=0)
+    assert sum(gen.TRACE_COUNTS.values()) == traces + compiled, f"{engine} recompiled"
+    return times, last["out"]
+
+
+def time_hf(model, prompts, budgets, batch, repeats):
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count())
+    with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
+        save_pretrained(model, Path(tmp) / "model")
+        hf = transformers.LlamaForCausalLM.from_pretrained(Path(tmp) / "model",
+                                                           dtype=torch.float32).eval()
+    hf.generation_config.eos_token_id = None   # rows run to their batch's longest budget
+    hf.generation_config.pad_token_id = 0
+
+    def run(n_cap=None):
+        for s in range(0, len(prompts), batch):
+            ps, n = prompts[s:s + batch], max(budgets[s:s + batch])
+            n = n if n_cap is None else min(n, n_cap)
+            t = max(map(len, ps))
+            ids = torch.tensor([[0] * (t - len(p)) + p for p in ps])
+            mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in ps])
+            with torch.no_grad():
+                out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=True,
+                                  temperature=TEMPERATURE, top_p=TOP_P, top_k=0, max_new_tokens=n)
+            assert out.shape == (len(ps), t + n)
+
+    run(8)  # warm-up
+    times = time_calls(run, repeats, warmup=0)
+    steps = sum(len(prompts[s:s + batch]) * max(budgets[s:s + batch])
+                for s in range(0, len(prompts), batch))
+    return times, torch.__version__, torch.get_num_threads(), steps
+
+
+def step_profile(model, repeats: int = 5) -> None:
+    """Per decode step, fixed workload: model step and sampler, static cache vs slot cache."""
+    b, s = FIXED["batch"], FIXED["prompt"] + FIXED["new"]
+    graphdef, params = nnx.split(model)
+    tok = jnp.zeros((b,), jnp.int32)
+    mode = SamplingMode(False, False, True)
+    keys = jax.random.split(jax.random.key(0), b)
+
+    def old_step(params, cache, tok):
+        m = nnx.merge(graphdef, params)
+        h, cache = m.hidden_states(tok[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
+        return m.logits(h[:, 0]), cache
+
+    def new_step(params, cache, tok, pos):
+        m = nnx.merge(graphdef, params)
+        h, cache = slot_forward(m, tok[:, None], jnp.arange(b), pos, cache, whole=True)
+        return m.logits(h[:, 0]), cache
+
+    old = jax.jit(old_step, donate_argnums=1)
+    new = jax.jit(new_step, donate_argnums=1)
+    sampler = jax.jit(lambda logits: sample(logits, keys, 5, TEMPERATURE, 0, TOP_P, mode))
+    old_cache = model.init_cache(b, s)._replace(index=jnp.int32(FIXED["prompt"] + 64),
+                                                 lengths=jnp.full((b,), 100, jnp.int32),
+                                                 mask=jnp.ones((b, s), bool))
+    new_cache = init_slot_cache(model.config, b, continuous.MIN_CACHE_BUCKET * 4, model.dtype)
+    pos = jnp.full((b,), FIXED["prompt"] + 64, jnp.int32)
+    box = {"old": old_cache, "new": new_cache}
+
+    def run_old():
+        logits, box["old"] = old(params, box["old"], tok)
+        logits.block_until_ready()
+
+    def run_new():
+        logits, box["new"] = new(params, box["new"], tok, pos)
+        logits.block_until_ready()
+
+    logits = jax.random.normal(jax.random.key(1), (b, model.config.vocab_size))
+    t_old = median(time_calls(run_old, repeats * 4, warmup=2)) * 1e3
+    t_new = median(time_calls(run_new, repeats * 4, warmup=2)) * 1e3
+    t_samp = median(time_calls(lambda: sampler(logits).block_until_ready(), repeats * 4,
+                               warmup=2)) * 1e3
+    elems = b * model.config.num_kv_heads * FIXED["prompt"] * model.config.head_dim
+    c_old = len(hlo.loop_copies(static.decode_program_text(model, b, FIXED["prompt"],
+                                                           FIXED["new"], mode), elems))
+    c_new = len(hlo.loop_copies(continuous.decode_program_text(
+        model, b, continuous.MIN_CACHE_BUCKET * 4, FIXED["new"], mode), elems))
+    print(f"decode step (batch {b}): static-cache model step {t_old:.2f} ms, slot-cache model "
+          f"step {t_new:.2f} ms, top-p sampler {t_samp:.2f} ms; cache-sized copies per step in "
+          f"the compiled loop: static {c_old}, ours {c_new}")
+
+
+def report(name, tokens, ours, static_, hf, extra=""):
+    def tps(times):
+        return tokens / median(times) if times else float("nan")
+
+    o, s, h = tps(ours), tps(static_), tps(hf)
+    for label, times, v in (("ours (continuous)", ours, o), ("old (static engine)", static_, s),
+                            ("transformers (torch)", hf, h)):
+        if times:
+            print(f"  {label:<22} {fmt_times(times)}  {v:9.1f} useful tok/s")
+    print(extra, end="")
+    print(f"generate_{name}: ours_tok_s={o:.1f} static_tok_s={s:.1f} hf_tok_s={h:.1f} "
+          f"vs_static={o / s:.2f} vs_hf={o / h:.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls of ours")
-    parser.add_argument("--hf-repeats", type=int, default=2, help="timed calls of transformers")
-    parser.add_argument("--skip-hf", action="store_true", help="time ours only")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls of each engine")
+    parser.add_argument("--skip-hf", action="store_true", help="no transformers timing")
+    parser.add_argument("--skip-static", action="store_true", help="no static-engine timing")
+    parser.add_argument("--skip-profile", action="store_true", help="no decode-step profile")
+    parser.add_argument("--only", choices=("fixed", "mixed"), help="one workload only")
     args = parser.parse_args()
 
     cfg = ModelConfig.preset("bench_32m")
     model = init_model(cfg, seed=0)
-    prompts = np.random.default_rng(0).integers(0, cfg.vocab_size, (BATCH, PROMPT)).tolist()
-    tokens = BATCH * NEW
-    print(f"model bench_32m ({cfg.num_params() / 1e6:.1f}M params), batch {BATCH}, prompt {PROMPT}, "
-          f"{NEW} new tokens, temperature {TEMPERATURE}, top-p {TOP_P}; "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores")
+    fixed, mixed, budgets = workloads(cfg.vocab_size)
+    print(f"model bench_32m ({cfg.num_params() / 1e6:.1f}M params), temperature {TEMPERATURE}, "
+          f"top-p {TOP_P}; jax {jax.__version__} on {jax.devices()[0].platform}, "
+          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start")
 
-    seed = iter(range(1000))
+    if args.only in (None, "fixed"):
+        b, new = FIXED["batch"], FIXED["new"]
+        print(f"fixed: {b} prompts x {FIXED['prompt']} tokens, {new} new tokens each")
+        ours, out = time_ours(model, fixed, [new] * b, "continuous", args.repeats)
+        old = [] if args.skip_static else time_ours(model, fixed, [new] * b, "static",
+                                                    args.repeats)[0]
+        hf = [] if args.skip_hf else time_hf(model, fixed, [new] * b, b, args.repeats)[0]
+        report("fixed", b * new, ours, old, hf,
+               f"  ours: {out.stats.segments} decode segments, finished work "
+               f"{out.stats.finished_fraction:.3f}, idle {out.stats.idle_fraction:.3f}\n")
+        if not args.skip_profile:
+            step_profile(model)
 
-    def ours():
-        out = gen.generate(model, prompts, NEW, temperature=TEMPERATURE, top_p=TOP_P, top_k=0,
-                           eos_token_id=None, seed=next(seed))
-        assert out.tokens.shape == (BATCH, NEW) and np.all(out.lengths == NEW)
-
-    traces = gen.TRACE_COUNTS["generate"]
-    ours_times = time_calls(ours, args.repeats, warmup=1)
-    assert gen.TRACE_COUNTS["generate"] == traces + 1, "generate recompiled between calls"
-    ours_tok_s = tokens / median(ours_times)
-    print(f"{'ours (musc_jax)':<22} {fmt_times(ours_times)}  {ours_tok_s:9.1f} new tok/s")
-
-    hf_tok_s = float("nan")
-    if not args.skip_hf:
-        import torch
-        import transformers
-
-        torch.set_num_threads(os.cpu_count())
-        with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
-            save_pretrained(model, Path(tmp) / "model")
-            hf = transformers.LlamaForCausalLM.from_pretrained(Path(tmp) / "model",
-                                                               dtype=torch.float32).eval()
-        hf.generation_config.eos_token_id = None   # no EOS: all NEW tokens on every row
-        hf.generation_config.pad_token_id = 0
-        ids = torch.tensor(prompts, dtype=torch.long)
-        mask = torch.ones_like(ids)
-
-        def theirs(n=NEW):
-            with torch.no_grad():
-                out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=True,
-                                  temperature=TEMPERATURE, top_p=TOP_P, top_k=0, max_new_tokens=n)
-            assert out.shape == (BATCH, PROMPT + n)
-
-        theirs(8)  # warm-up
-        hf_times = time_calls(theirs, args.hf_repeats, warmup=0)
-        hf_tok_s = tokens / median(hf_times)
-        print(f"{'transformers (torch)':<22} {fmt_times(hf_times)}  {hf_tok_s:9.1f} new tok/s  "
-              f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
-
-    speedup = ours_tok_s / hf_tok_s
-    print(f"generate: ours_tok_s={ours_tok_s:.1f} hf_tok_s={hf_tok_s:.1f} speedup={speedup:.2f}")
+    if args.only in (None, "mixed"):
+        useful = sum(budgets)
+        print(f"mixed: {len(mixed)} prompts of {MIXED['prompt_lo']}..{MIXED['prompt_hi']} tokens, "
+              f"outputs of {min(budgets)}..{max(budgets)} tokens (mean {np.mean(budgets):.0f}, "
+              f"median {np.median(budgets):.0f}), {useful} useful tokens")
+        t0 = time.perf_counter()
+        ours, out = time_ours(model, mixed, budgets, "continuous", args.repeats)
+        st = out.stats
+        extra = (f"  ours: {st.segments} decode segments, {st.prefill_calls} prefill calls, "
+                 f"{st.resizes} resizes; finished work {st.finished_fraction:.3f}, idle "
+                 f"{st.idle_fraction:.3f}\n")
+        old = []
+        if not args.skip_static:
+            old = time_ours(model, mixed, budgets, "static", args.repeats)[0]
+            rows = gen.bucket_batch(len(mixed))
+            extra += f"  static: finished work {1 - useful / (rows * max(budgets)):.3f}\n"
+        hf = []
+        if not args.skip_hf:
+            hf, *_, steps = time_hf(model, mixed, budgets, MIXED["hf_batch"], args.repeats)
+            extra += f"  transformers: finished work {1 - useful / steps:.3f}\n"
+        report("mixed", useful, ours, old, hf, extra)
+        print(f"  (mixed section took {time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

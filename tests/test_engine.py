@@ -61,12 +61,20 @@ def tiny():
     return init_model(ModelConfig.preset("tiny", vocab_size=128), seed=0)
 
 
-@pytest.mark.parametrize("slots", [2, 4, 64])
-def test_samples_equal_static_engine_for_any_slot_count(tiny, slots):
-    kw = dict(temperature=1.0, top_p=0.9, seed=3, eos_token_id=[5, 9, 17], pad_token_id=2)
-    ref = generate(tiny, PROMPTS * 2, 60, engine="static", **kw)
+SAMPLING = dict(temperature=1.0, top_p=0.9, seed=3, eos_token_id=[5, 9, 17], pad_token_id=2)
+
+
+@pytest.fixture(scope="module")
+def static_samples(tiny):
+    ref = generate(tiny, PROMPTS * 2, 60, engine="static", **SAMPLING)
     assert len(set(ref.lengths.tolist())) > 5          # rows end at many different steps
-    out = generate(tiny, PROMPTS * 2, 60, max_slots=slots, **kw)
+    return ref
+
+
+@pytest.mark.parametrize("slots", [2, 4, 64])
+def test_samples_equal_static_engine_for_any_slot_count(tiny, static_samples, slots):
+    ref = static_samples
+    out = generate(tiny, PROMPTS * 2, 60, max_slots=slots, **SAMPLING)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_array_equal(out.lengths, ref.lengths)
     # every decode step of a live slot made one token of its row (token 0 comes from prefill);
