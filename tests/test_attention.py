@@ -126,3 +126,43 @@ def test_resolve_and_errors():
         A.resolve("flash")
     with pytest.raises(ValueError, match="multiple of 128"):
         A._splash_block(200)
+
+
+@pytest.mark.slow  # minutes on a loaded 2-core machine (the TPU compiler)
+def test_splash_compiles_for_tpu_with_fsdp_and_tensor():
+    """Splash inside the model's gradient, sharded (fsdp 2 x tensor 2, scanned layers, remat),
+    compiled for a v5p:2x2x1 slice by libtpu on this CPU machine (skipped without libtpu)."""
+    import importlib.util
+
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (pip install -e .[tpu-aot])")
+    from subproc import run_python
+
+    out = run_python('''
+import os
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from jax.experimental import topologies
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from musc_jax.models import ModelConfig, hf
+from musc_jax.scoring import response_token_logps
+from musc_jax.sharding import state_shardings
+
+devs = topologies.get_topology_desc(topology_name="v5p:2x2x1", platform="tpu").devices
+mesh = Mesh(np.array(devs).reshape(1, 2, 2), ("data", "fsdp", "tensor"))
+cfg = ModelConfig.preset("tiny", hidden_size=256, head_dim=128, vocab_size=1024)
+model = hf._abstract_model(cfg, jnp.float32, jnp.bfloat16, "save_qkv_proj", attention="splash",
+                           scan_layers=True)
+model.activation_sharding = NamedSharding(mesh, P(("data", "fsdp"), None, None))
+gd, params = nnx.split(model)
+ps = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params,
+                  state_shardings(params, mesh))
+rows = NamedSharding(mesh, P(("data", "fsdp"), None))
+ids = jax.ShapeDtypeStruct((4, 256), jnp.int32, sharding=rows)
+rm = jax.ShapeDtypeStruct((4, 256), jnp.float32, sharding=rows)
+loss = lambda p, i, m, r: jnp.sum(response_token_logps(nnx.merge(gd, p), i, m, r))
+compiled = jax.jit(jax.value_and_grad(loss)).lower(ps, ids, ids, rm).compile()
+print("splash" in compiled.as_text(), compiled.memory_analysis().temp_size_in_bytes > 0)
+''', devices=1)
+    assert out.strip().splitlines()[-1] == "True True", out
