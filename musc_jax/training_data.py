@@ -244,6 +244,9 @@ def build_training_data(c: ConfigDict, tokenizer, mesh: Mesh, graphdef, params, 
                 ex.token_fields.pop("chosen_weights", None)
                 ex.token_fields.pop("rejected_weights", None)
 
+    if len(train.examples) < c.train.batch_size:
+        raise UserError(f"{c.data.train}: {len(train.examples)} usable rows cannot fill one batch of "
+                        f"train.batch_size={c.train.batch_size}; lower train.batch_size or add rows")
     loader = PairLoader(train, c.train.batch_size, seed=c.seed, shuffle=c.train.shuffle,
                         process_index=jax.process_index(), process_count=jax.process_count(),
                         bucket=c.data.bucket, max_length=c.data.max_length,

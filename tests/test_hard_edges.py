@@ -177,6 +177,12 @@ def test_metrics_of_replayed_steps_are_dropped(tmp_path):
 
 # ---- the trainer ---------------------------------------------------------------------------------
 
+def test_fewer_rows_than_one_batch(tiny, tmp_path):
+    with pytest.raises(UserError, match=r"pairs.jsonl: 8 usable rows cannot fill one batch of "
+                                        r"train.batch_size=16"):
+        Trainer(_config(tiny, tmp_path, **{"train.batch_size": 16}))
+
+
 def test_unwritable_workdir_fails_before_the_model_loads(tiny, tmp_path, monkeypatch):
     import musc_jax.trainer as trainer_mod
     monkeypatch.setattr(trainer_mod, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))

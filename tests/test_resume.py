@@ -58,4 +58,5 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
     for name in a:
         np.testing.assert_allclose(b[name], a[name], atol=1e-6, rtol=0, err_msg=name)
     steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-1] == 12 and 5 in steps
+    # Step 5 was logged before the kill and ran again after the resume from step 4: logged once.
+    assert steps == list(range(1, 13))
