@@ -125,8 +125,10 @@ def test_trainer_trains_only_adapters_and_export_merges(tmp_path):
     assert any(np.abs(np.asarray(v["b"])).max() > 0 for v in t.params.values())  # adapters moved
     out = t.export(tmp_path / "export")
     t.close()
-    got = _flat(nnx.state(from_pretrained(out)))
     want = _flat(lora_lib.merge(t.base_params, t.params, t.lora))
-    assert got.keys() == want.keys()
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=0)
+    from musc_jax.export import export_checkpoint  # from the run's checkpoint, as the CLI does
+    for d in (out, export_checkpoint(c, tmp_path / "from_checkpoint")):
+        got = _flat(nnx.state(from_pretrained(d)))
+        assert got.keys() == want.keys()
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
