@@ -34,6 +34,9 @@ def base_config() -> ConfigDict:
     """All keys a run understands, with defaults (a MuSC preference run)."""
     c = ConfigDict()
     c.workdir = "runs/default"
+    # Compiled steps are kept here across runs and resumes ("" = off); see
+    # train_step.enable_compilation_cache.
+    c.compilation_cache = "~/.cache/musc_jax/jax"
     c.seed = 0
     c.objective = "preference"
 
@@ -108,7 +111,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 # TRAINING_SECTIONS must match, or the resume is refused.
 TRAINING_SECTIONS = ("objective", "seed", "model", "data", "loss", "weights", "reference",
                      "optim", "train")
-NOT_TRAINING_KEYS = ("model.remat", "model.attention", "model.scan_layers", "data.eval",
+# model.scan_layers is not among them: it changes the checkpoint's parameter tree (stacked).
+NOT_TRAINING_KEYS = ("model.remat", "model.attention", "data.eval",
                      "train.log_every", "train.eval_every", "reference.cache_dir")
 PATH_KEYS = ("model.path", "model.tokenizer", "data.train")
 

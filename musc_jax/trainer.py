@@ -36,7 +36,7 @@ from musc_jax.models import from_pretrained, load_tokenizer, save_pretrained
 from musc_jax.models import lora as lora_lib
 from musc_jax.optim import make_optimizer
 from musc_jax.sharding import make_mesh, state_shardings
-from musc_jax.train_step import StepConfig, make_eval_step, make_train_step
+from musc_jax.train_step import StepConfig, enable_compilation_cache, make_eval_step, make_train_step
 from musc_jax.training_data import TrainingData, build_training_data
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,10 @@ class Trainer:
         distributed.check_tensor_within_hosts(self.mesh.devices)
         dtype = jnp.dtype(c.model.param_dtype)
         compute = jnp.dtype(c.model.compute_dtype) if c.model.compute_dtype else dtype
+        enable_compilation_cache(c.compilation_cache)
         self.model = from_pretrained(c.model.path, dtype=dtype, mesh=self.mesh,
-                                     compute_dtype=compute, remat=c.model.remat)
+                                     compute_dtype=compute, remat=c.model.remat,
+                                     attention=c.model.attention, scan_layers=c.model.scan_layers)
         self.tokenizer = load_tokenizer(c.model.tokenizer or c.model.path, self.model.config.vocab_size)
         self.model.activation_sharding = NamedSharding(self.mesh, P(("data", "fsdp"), None, None))
         self.graphdef, params = nnx.split(self.model)
