@@ -49,6 +49,7 @@ def base_config() -> ConfigDict:
         remat=ml_collections.FieldReference(False, field_type=object),
         attention="auto",   # auto | xla | cudnn | splash | einsum (musc_jax.models.attention)
         scan_layers=False,  # stack the layers and lax.scan them (one layer compiled)
+        preset="",          # a ModelConfig preset name: the planner's model when model.path has none
     ))
     # LoRA (musc_jax.models.lora): rank 0 = full fine-tuning. With rank > 0 only the adapters
     # train; the reference is the base model (adapter off), so it costs no second weight copy.
@@ -156,8 +157,21 @@ def _check_numbers(c: ConfigDict) -> None:
         _check(size == -1 or size >= 1, f"mesh.{axis}", size, "must be >= 1, or -1 for the rest")
 
 
+def check_known_keys(c: ConfigDict) -> None:
+    """A key that a config *file* added to one of base_config's sections is a typo: the flag
+    locks the config only after get_config() returns, so the file could add it silently.
+    Sections the base does not have (pipeline, eval, build, ...) belong to their own code."""
+    base = flatten(to_dict(base_config()))
+    for key in sorted(flatten(to_dict(c))):
+        section = key.split(".")[0]
+        if key not in base and any(k.startswith(section + ".") or k == section for k in base):
+            raise UserError((unknown_key_message(base_config(), key) or key) +
+                            " (set in the config file: fix the spelling there)")
+
+
 def validate(c: ConfigDict) -> None:
     """Reject incompatible or impossible settings with a message saying what to change."""
+    check_known_keys(c)
     _choice(c, "objective", c.objective, OBJECTIVES)
     _choice(c, "reference.mode", c.reference.mode, REFERENCE_MODES)
     _choice(c, "weights.source", c.weights.source, WEIGHT_SOURCES)

@@ -29,6 +29,7 @@ from ml_collections import ConfigDict
 
 from musc_jax import config as config_lib
 from musc_jax import distributed
+from musc_jax.multiprocess import barrier
 from musc_jax.checkpoint import Checkpointer, abstract_like
 from musc_jax.errors import UserError
 from musc_jax.metrics import MetricsWriter, NonFiniteError, check_finite
@@ -172,15 +173,16 @@ class Trainer:
 
     def _discard_previous_run(self) -> None:
         """checkpoint.fresh: remove what an earlier run left in the workdir (process 0)."""
-        if jax.process_index() != 0:
-            return
-        for name in ("checkpoints", "tensorboard", "export"):
-            if (self.workdir / name).exists():
-                shutil.rmtree(self.workdir / name)
-        for name in ("metrics.jsonl", "train_config.json"):
-            (self.workdir / name).unlink(missing_ok=True)
-        log.info("checkpoint.fresh: removed the earlier run's checkpoints and metrics in %s",
-                 self.workdir)
+        if jax.process_index() == 0:
+            for name in ("checkpoints", "tensorboard", "export"):
+                if (self.workdir / name).exists():
+                    shutil.rmtree(self.workdir / name)
+            for name in ("metrics.jsonl", "train_config.json"):
+                (self.workdir / name).unlink(missing_ok=True)
+            log.info("checkpoint.fresh: removed the earlier run's checkpoints and metrics in %s",
+                     self.workdir)
+        # No process may open the checkpoints before process 0 has removed them.
+        barrier("checkpoint_fresh")
 
     def _resume_meta(self, c: ConfigDict) -> dict | None:
         """The latest checkpoint's metadata if this run continues it; refuses one made by a
