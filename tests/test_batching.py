@@ -193,7 +193,7 @@ def test_weight_length_mismatch_names_row_and_field(tmp_path, tok):
         f.write(json.dumps(_row(0)) + "\n")
         f.write(json.dumps(_row(1, rejected_weights=[1.0, 1.0, 1.0])) + "\n")
     data = read_pairs(path)
-    with pytest.raises(BatchingError, match=rf"{path}: line 1: field 'rejected_weights' has 3 values but the "
+    with pytest.raises(BatchingError, match=rf"{path}: line 2: field 'rejected_weights' has 3 values but the "
                                             r"rejected response has \d+ tokens .*another tokenizer"):
         tokenize_pairs(data, tok)
 
