@@ -187,3 +187,37 @@ def test_cli_runs_with_overrides_and_names_unknown_keys(tiny, tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     bad = subprocess.run(base + ["--config.optim.lrr=1"], capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "lrr" in bad.stderr
+
+
+EVAL_WITH_ACCUM = r"""
+import json, pathlib
+import numpy as np
+from musc_jax.config import base_config
+from musc_jax.trainer import Trainer
+
+model, pairs, root = map(pathlib.Path, PATHS)
+c = base_config()
+c.model.path, c.data.train, c.data.eval, c.workdir = str(model), str(pairs), str(pairs), str(root)
+c.data.max_length, c.data.max_prompt_length = 128, 64
+c.train.batch_size, c.optim.grad_accum, c.loss.a_tok = 4, 2, 0.0
+c.mesh.data, c.mesh.fsdp = 2, 1
+t = Trainer(c)
+sums, n = {}, 0
+for batch in t.data.eval_batches():  # [B, T], rows over the 2 devices; no microbatch axis
+    m = t._eval_step(t.params, batch, t.ref_params)
+    sums = {k: sums.get(k, 0.0) + float(v) for k, v in m.items()}
+    n += 1
+t.close()
+print(json.dumps({k: v / n for k, v in sums.items()}))
+"""
+
+
+def test_eval_step_with_grad_accum_on_a_mesh(tiny, tmp_path):
+    # Eval batches are [B, T] even when training batches are [A, B/A, T]: the compiled eval step
+    # must take rows on axis 0 (it used to expect the microbatch layout and refused the batch).
+    from subproc import run_python
+    paths = [str(tiny["model"]), str(tiny["pairs"]), str(tmp_path / "w")]
+    out = run_python(EVAL_WITH_ACCUM.replace("PATHS", repr(paths)), devices=2)
+    means = json.loads(out.strip().splitlines()[-1])
+    assert abs(means["loss"] - np.log(2)) < 1e-5  # policy == reference before any step
+    assert abs(means["rewards/margins"]) < 1e-6
