@@ -63,6 +63,7 @@ def base_config() -> ConfigDict:
         max_prompt_length=256,
         truncation="error",  # too-long rows: "error", "skip" (counted) or "truncate"
         bucket=64,          # sequence lengths are padded to multiples of this
+        max_buckets=8,      # at most this many padded lengths, geometric (few compiled shapes); 0 = all
         sort_window=0,      # > 0: sort each window of this many batches by length (less padding)
     ))
     lc = LossConfig.preset("musc")
@@ -149,6 +150,8 @@ def _check_numbers(c: ConfigDict) -> None:
     _check(d.max_length >= 2, "data.max_length", d.max_length, "must be >= 2")
     _check(d.max_prompt_length >= 1, "data.max_prompt_length", d.max_prompt_length, "must be >= 1")
     _check(d.bucket >= 1, "data.bucket", d.bucket, "must be >= 1")
+    _check(d.max_buckets >= 0, "data.max_buckets", d.max_buckets,
+           "must be >= 0 (0 = every multiple of data.bucket, 1 = always pad to data.max_length)")
     _check(d.sort_window >= 0, "data.sort_window", d.sort_window, "must be >= 0")
     _check(c.checkpoint.every >= 0, "checkpoint.every", c.checkpoint.every, "must be >= 0 (0 = at the end)")
     _check(c.checkpoint.keep >= 1, "checkpoint.keep", c.checkpoint.keep, "must be >= 1")

@@ -66,6 +66,7 @@ class TrainingData:
         loader = PairLoader(self.eval_tokenized, self.eval_batch_size, shuffle=False,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             bucket=self.train_loader.bucket, max_length=self.train_loader.max_length,
+                            max_buckets=self.train_loader.max_buckets,
                             num_epochs=1)
         return (self._place(b, 1) for b in loader)
 
@@ -185,7 +186,8 @@ def precompute_reference(graphdef, params, tok: Tokenized, c: ConfigDict, mesh: 
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         batch = collate_pairs([tok.examples[i] for i in idx], bucket=c.data.bucket,
-                              max_length=c.data.max_length, pad_id=tok.pad_id)
+                              max_length=c.data.max_length, pad_id=tok.pad_id,
+                              max_buckets=c.data.max_buckets)
         for side in REF_FIELDS:
             arrs = [jax.device_put(batch[f"{side}_{k}"], sharding) for k in ("ids", "mask", "response_mask")]
             lp = np.asarray(_gather(score(params, *arrs)))
@@ -250,7 +252,7 @@ def build_training_data(c: ConfigDict, tokenizer, mesh: Mesh, graphdef, params, 
     loader = PairLoader(train, c.train.batch_size, seed=c.seed, shuffle=c.train.shuffle,
                         process_index=jax.process_index(), process_count=jax.process_count(),
                         bucket=c.data.bucket, max_length=c.data.max_length,
-                        sort_window=c.data.sort_window)
+                        sort_window=c.data.sort_window, max_buckets=c.data.max_buckets)
     total = c.train.epochs * len(loader)
     if c.train.max_steps > 0:
         total = min(total, c.train.max_steps) if c.train.epochs > 0 else c.train.max_steps

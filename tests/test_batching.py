@@ -10,7 +10,8 @@ from toy_tokenizer import ASSISTANT, BOS, END, make_toy_tokenizer
 from transformers import AutoTokenizer
 
 from musc_jax.data.batching import (BatchingConfig, BatchingError, ChatEncoder, PairLoader,
-                                    TemplateBoundaryError, TooLongError, bucket_length, collate_pairs,
+                                    TemplateBoundaryError, TooLongError, bucket_length, bucket_lengths,
+                                    collate_pairs,
                                     collate_sft, end_of_turn_token_id, tokenize_pair, tokenize_pairs,
                                     tokenize_sft)
 from musc_jax.data.pairs_io import read_pairs
@@ -255,9 +256,10 @@ def test_truncation_truncate(tok):
     np.testing.assert_allclose(ex1.token_fields["chosen_weights"],
                                rows[1]["chosen_weights"][:len(ex1.chosen_ids)], rtol=1e-6)
     assert ex1.length == 64
-    b = collate_pairs([ex1], bucket=48, max_length=64)                # 96 capped at max_length
-    assert b["chosen_ids"].shape == (1, 64) and b["chosen_mask"].all()
-    np.testing.assert_array_equal(b["chosen_weights"][0][40:], ex1.token_fields["chosen_weights"])
+    # The cap is max_length rounded up to a multiple of the bucket (attention kernels need one).
+    b = collate_pairs([ex1], bucket=48, max_length=64)
+    assert b["chosen_ids"].shape == (1, 96) and b["chosen_mask"].sum() == 64
+    np.testing.assert_array_equal(b["chosen_weights"][0][40:64], ex1.token_fields["chosen_weights"])
 
 
 def test_config_checks():
@@ -276,8 +278,28 @@ def test_config_checks():
 
 def test_bucket_length():
     assert [bucket_length(n, 64) for n in (1, 63, 64, 65, 200)] == [64, 64, 64, 128, 256]
-    assert bucket_length(150, 64, max_length=160) == 160
+    assert bucket_length(150, 64, max_length=160) == 192               # cap: 160 rounded up
     assert bucket_length(100, 64, max_length=1024) == 128
+    assert bucket_length(5000, 64, max_length=4096, max_buckets=8) == 4096
+
+
+def test_bucket_lengths_are_few_geometric_multiples_of_the_block():
+    assert bucket_lengths(64, 384) == (64, 128, 192, 256, 320, 384)        # 0: every multiple
+    assert bucket_lengths(64, 384, 8) == bucket_lengths(64, 384)           # 6 fit in 8: unchanged
+    assert bucket_lengths(64, 4096, 1) == (4096,)                         # one shape: full length
+    assert len(bucket_lengths(64, 4096)) == 64
+    # By hand, growth 1.4: 128 -> 180 -> 256 -> 359 -> 384 -> 538 -> 640 -> 896 -> 1255 -> 1280
+    # -> 1792 -> 2509, capped at 2048: 8 lengths; growth 1.3 gives 9 (..., 1408, 1920, 2048).
+    assert bucket_lengths(128, 2048, 8) == (128, 256, 384, 640, 896, 1280, 1792, 2048)
+    for bucket, max_length, k in ((64, 4096, 8), (128, 2048, 4), (64, 1000, 5), (16, 8192, 6)):
+        lengths = bucket_lengths(bucket, max_length, k)
+        assert len(lengths) <= k and lengths[-1] == -(-max_length // bucket) * bucket
+        assert all(t % bucket == 0 for t in lengths) and list(lengths) == sorted(set(lengths))
+        for n in (1, bucket, bucket + 1, max_length // 3, max_length):
+            t = bucket_length(n, bucket, max_length, k)
+            assert t in lengths and t >= n and (t == lengths[0] or max(l for l in lengths if l < t) < n)
+    with pytest.raises(ValueError, match="max_buckets"):
+        PairLoader([1, 2], batch_size=1, max_buckets=-1)
 
 
 def test_batches_use_a_few_bucketed_shapes(tok):
@@ -333,6 +355,22 @@ def test_deterministic_shuffle_and_epochs(examples, sort_window):
     for e in epochs:
         assert len(set(e.tolist())) == 28                          # no repeats inside an epoch
     assert not np.array_equal(epochs[0], epochs[1])                # reshuffled per epoch
+
+
+def test_max_buckets_bounds_the_shapes_a_run_compiles(tok):
+    # Lengths spread from ~30 to ~900 tokens: with every multiple of 32 as a shape the loader
+    # pads to a dozen or more lengths; max_buckets=4 pads to at most 4, each a multiple of 32.
+    rows = [_row(i, chosen="word " * (7 * i + 1)) for i in range(128)]
+    data = tokenize_pairs(rows, tok, BatchingConfig(max_length=1024, max_prompt_length=128))
+
+    def shapes(max_buckets):
+        loader = PairLoader(data, batch_size=2, seed=0, bucket=32, max_length=1024, num_epochs=1,
+                            max_buckets=max_buckets)
+        return {b["chosen_ids"].shape[1] for b in loader}
+
+    every, few = shapes(0), shapes(4)
+    assert len(every) >= 12
+    assert few <= set(bucket_lengths(32, 1024, 4)) and len(few) <= 4 and all(t % 32 == 0 for t in few)
 
 
 def test_sort_window_reduces_padding(examples):

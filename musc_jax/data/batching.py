@@ -11,7 +11,8 @@ newline, are dropped; where the template writes none the EOS token is appended).
 Sequences per pair: "chosen" (x + y+), "rejected" (x + y-) and, with `alt_sequences`,
 "chosen_alt" (x' + y+) and "rejected_alt" (x' + y-) for token-weight computation (DESIGN 5.2).
 
-Batch layout (numpy, right-padded, T bucketed to a multiple of `bucket`, at most `max_length`):
+Batch layout (numpy, right-padded; T is a length bucket (`bucket_lengths`): a multiple of `bucket`,
+at most `max_length` rounded up to one, from at most `max_buckets` geometrically spaced lengths):
 
     {s}_ids [B, T] int32, {s}_mask [B, T] int32, {s}_response_mask [B, T] float32
         for s in chosen, rejected (, chosen_alt, rejected_alt)
@@ -32,9 +33,12 @@ another tokenizer) is an error naming the row and field. Producers should comput
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
+import functools
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -110,10 +114,56 @@ class TooLongError(BatchingError):
     """An example exceeds max_length / max_prompt_length under truncation="error" (or "skip")."""
 
 
-def bucket_length(n: int, bucket: int, max_length: int | None = None) -> int:
-    """`n` rounded up to a multiple of `bucket`, capped at `max_length`."""
-    t = -(-max(n, 1) // bucket) * bucket
-    return min(t, max_length) if max_length is not None else t
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _geometric(bucket: int, top: int, growth: float) -> list[int]:
+    """bucket, g(bucket), g(g(bucket)), ... up to `top`, where g(b) is b * growth rounded up to
+    a multiple of `bucket` (and at least b + bucket)."""
+    out = [bucket]
+    while out[-1] < top:
+        out.append(min(max(out[-1] + bucket, _round_up(math.ceil(out[-1] * growth), bucket)), top))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def bucket_lengths(bucket: int, max_length: int, max_buckets: int = 0) -> tuple[int, ...]:
+    """The padded lengths a run can use (each a shape the train step compiles for).
+
+    Every length is a multiple of `bucket` (the block size attention kernels need); the largest
+    is `max_length` rounded up to a multiple of `bucket`. max_buckets = 0: every multiple of
+    `bucket` (max_length 4096, bucket 64: 64 shapes). max_buckets = k > 0: at most k lengths,
+    spaced geometrically (each about `growth` times the last, rounded up to a multiple of
+    `bucket`) with the smallest growth that keeps k or fewer, so short lengths stay fine-grained
+    and a run compiles a handful of shapes; k = 1 pads every batch to the full length.
+    """
+    if bucket < 1 or max_length < 1 or max_buckets < 0:
+        raise ValueError(f"need bucket >= 1, max_length >= 1, max_buckets >= 0; got {bucket}, "
+                         f"{max_length}, {max_buckets}")
+    top = _round_up(max_length, bucket)
+    if max_buckets == 1:
+        return (top,)
+    every = tuple(range(bucket, top + 1, bucket))
+    if max_buckets == 0 or len(every) <= max_buckets:
+        return every
+    # The count of lengths never grows with `growth`: bisect for the smallest growth that fits.
+    lo, hi = 1.0, top / bucket
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if len(_geometric(bucket, top, mid)) <= max_buckets else (mid, hi)
+    return tuple(_geometric(bucket, top, hi))
+
+
+def bucket_length(n: int, bucket: int, max_length: int | None = None, max_buckets: int = 0) -> int:
+    """The padded length of a batch whose longest sequence has `n` tokens: the smallest of
+    `bucket_lengths(bucket, max_length, max_buckets)` that holds it (without `max_length`:
+    `n` rounded up to a multiple of `bucket`). Longer than every length: the largest."""
+    n = max(int(n), 1)
+    if max_length is None:
+        return _round_up(n, bucket)
+    lengths = bucket_lengths(bucket, max_length, max_buckets)
+    return lengths[min(bisect.bisect_left(lengths, n), len(lengths) - 1)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,12 +508,13 @@ def _place(examples, length: int, pad_id: int, out: dict) -> None:
 
 def collate_pairs(examples: Sequence[PairExample], length: int | None = None, *, bucket: int = 64,
                   max_length: int | None = None, pad_id: int = 0,
-                  indices: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+                  indices: Sequence[int] | None = None,
+                  max_buckets: int = 0) -> dict[str, np.ndarray]:
     """Right-padded pair batch (keys in the module doc); T = `length` or the bucketed max length."""
     if not examples:
         raise BatchingError("cannot collate an empty batch")
     if length is None:
-        length = bucket_length(max(ex.length for ex in examples), bucket, max_length)
+        length = bucket_length(max(ex.length for ex in examples), bucket, max_length, max_buckets)
     first = examples[0]
     for ex in examples[1:]:
         if (ex.alt_prompt_ids is None) != (first.alt_prompt_ids is None):
@@ -492,12 +543,13 @@ def collate_pairs(examples: Sequence[PairExample], length: int | None = None, *,
 
 def collate_sft(examples: Sequence[SftExample], length: int | None = None, *, bucket: int = 64,
                 max_length: int | None = None, pad_id: int = 0,
-                indices: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+                indices: Sequence[int] | None = None,
+                max_buckets: int = 0) -> dict[str, np.ndarray]:
     """Right-padded SFT batch: `ids`, `mask` [B, T] int32, `response_mask` [B, T] float32, `index`."""
     if not examples:
         raise BatchingError("cannot collate an empty batch")
     if length is None:
-        length = bucket_length(max(ex.length for ex in examples), bucket, max_length)
+        length = bucket_length(max(ex.length for ex in examples), bucket, max_length, max_buckets)
     out: dict[str, np.ndarray] = {}
     _place(examples, length, pad_id, out)
     out["index"] = np.asarray(indices if indices is not None else range(len(examples)), np.int32)
@@ -520,7 +572,8 @@ class PairLoader:
     The order of epoch e is a pure function of (seed, e): a permutation of the examples (or the
     identity when shuffle=False), cut into global batches of `batch_size`. With `sort_window=k`,
     each run of k batches' worth of examples is sorted by length before cutting (less padding) and
-    the batch order is then shuffled; still a pure function of (seed, e). Every process builds the
+    the batch order is then shuffled; still a pure function of (seed, e). Batches are padded to
+    `bucket_length(longest, bucket, max_length, max_buckets)`. Every process builds the
     same global batches; with process_count > 1 each yields its own contiguous block of
     batch_size // process_count rows, padded to the length bucketed over the whole global batch
     (so all processes agree on shapes). `state()` / `restore()` resume exactly.
@@ -531,7 +584,7 @@ class PairLoader:
     def __init__(self, examples: Sequence, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, process_index: int = 0, process_count: int = 1, *,
                  bucket: int | None = None, max_length: int | None = None, pad_id: int | None = None,
-                 sort_window: int = 0, num_epochs: int | None = None):
+                 sort_window: int = 0, num_epochs: int | None = None, max_buckets: int = 0):
         if pad_id is None:
             pad_id = getattr(examples, "pad_id", 0)
         examples = examples.examples if isinstance(examples, Tokenized) else list(examples)
@@ -539,6 +592,8 @@ class PairLoader:
         if batch_size < 1 or batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} must be a positive multiple of "
                              f"process_count {process_count}")
+        if max_buckets < 0:
+            raise ValueError(f"max_buckets must be >= 0 (0 = every multiple of bucket), got {max_buckets}")
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         if n == 0 or (drop_last and n < batch_size):
@@ -551,6 +606,7 @@ class PairLoader:
         self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, int(seed), shuffle, drop_last
         self.process_index, self.process_count = process_index, process_count
         self.bucket = bucket or 64
+        self.max_buckets = int(max_buckets)
         self.max_length = max_length
         self.pad_id = pad_id
         self.sort_window = sort_window
@@ -611,13 +667,14 @@ class PairLoader:
         self.position += 1
         if self.position == len(self):
             self.epoch, self.position = self.epoch + 1, 0
-        length = bucket_length(int(self.lengths[idx].max()), self.bucket, self.max_length)
+        length = bucket_length(int(self.lengths[idx].max()), self.bucket, self.max_length,
+                               self.max_buckets)
         local = len(idx) // self.process_count
         mine = idx[self.process_index * local:(self.process_index + 1) * local]
         return collate([self.examples[i] for i in mine], length, pad_id=self.pad_id, indices=mine)
 
 
 __all__ = ["BatchingConfig", "BatchingError", "ChatEncoder", "PairExample", "PairLoader", "SftExample",
-           "TemplateBoundaryError", "TooLongError", "Tokenized", "bucket_length", "collate", "collate_pairs",
-           "collate_sft", "end_of_turn_token_id", "tokenize_pair", "tokenize_pairs", "tokenize_sft",
+           "TemplateBoundaryError", "TooLongError", "Tokenized", "bucket_length", "bucket_lengths",
+           "collate", "collate_pairs", "collate_sft", "end_of_turn_token_id", "tokenize_pair", "tokenize_pairs", "tokenize_sft",
            "tokenize_sft_row"]
