@@ -267,11 +267,17 @@ def normalize_pair(raw: Mapping, *, file: str = "<rows>", row: int | None = None
         raise PairsFormatError(str(file), row, e.field, e.code, e.reason, row_label) from None
 
 
+def refused_for_training(row: Mapping) -> bool:
+    """Whether `read_pairs` refuses the normalised `row` for training: chosen equals rejected
+    under the same prompt (no `rejected_prompt`, or the same one). `write_pairs` drops (and
+    counts) exactly these rows, so a written pairs file never holds a row the trainer refuses."""
+    return row["chosen"] == row["rejected"] and row["rejected_prompt"] in ([], row["prompt"])
+
+
 def _normalize_distinct(raw: Any) -> dict:
-    """`_normalize` plus the check a training set needs: chosen and rejected differ (or are
-    answers to different prompts, as with a `rejected_prompt`)."""
+    """`_normalize` plus the check a training set needs (`refused_for_training`)."""
     row = _normalize(raw)
-    if row["chosen"] == row["rejected"] and row["rejected_prompt"] in ([], row["prompt"]):
+    if refused_for_training(row):
         raise _Bad("rejected", "identical", "equals 'chosen' under the same prompt (the pair "
                    "teaches nothing); drop the row, or set data.on_error='skip' to skip and count "
                    "such rows")
@@ -432,7 +438,7 @@ def read_pairs(path: str | os.PathLike, on_error: str = "raise", split: str | No
     on_error: "raise" (first bad row raises `PairsFormatError`) or "skip" (bad rows are counted
     per reason in the result's `skipped` and a warning is logged). `split` picks a split of a
     saved DatasetDict (needed only when it has several). Identical chosen/rejected under one
-    prompt is a bad row here (reading is for training), though `write_pairs` stores it.
+    prompt is a bad row here (reading is for training); `write_pairs` never stores one.
     """
     return _read(path, on_error, split, _normalize_distinct)
 
@@ -507,19 +513,44 @@ def to_dataset(rows: Iterable[Mapping]):
     return datasets.Dataset.from_list(records, features=_features())
 
 
+def _trainable(rows: list[Mapping], where: str, stats: dict | None) -> list[tuple[int, dict]]:
+    """(index, normalised row) for each row the trainer accepts; the others are logged and
+    counted in `stats["dropped_untrainable"]` (the key is always set when `stats` is given)."""
+    normalised = [normalize_pair(r, row=i) for i, r in enumerate(rows)]
+    kept = [(i, r) for i, r in enumerate(normalised) if not refused_for_training(r)]
+    dropped = len(normalised) - len(kept)
+    if dropped:
+        logger.warning("%s: dropped %d of %d pairs whose chosen equals rejected under the same "
+                       "prompt (the trainer refuses them)", where, dropped, len(normalised))
+    if stats is not None:
+        stats["dropped_untrainable"] = stats.get("dropped_untrainable", 0) + dropped
+    return kept
+
+
+def trainable_rows(rows: Iterable[Mapping], where: str = "<rows>",
+                   stats: dict | None = None) -> list[Mapping]:
+    """The rows (validated, returned as given) without those the trainer refuses
+    (`refused_for_training`); how many were dropped is logged and added to
+    `stats["dropped_untrainable"]` when `stats` is given."""
+    rows = list(rows)
+    return [rows[i] for i, _ in _trainable(rows, where, stats)]
+
+
 def write_pairs(rows: Iterable[Mapping], out_dir: str | os.PathLike, *, overwrite: bool = False,
-                jsonl: bool = True) -> Path:
+                jsonl: bool = True, stats: dict | None = None) -> Path:
     """Validate rows and write them to `out_dir` as Arrow (`save_to_disk`) plus a `pairs.jsonl` copy.
 
-    The directory appears atomically (written next to it, then renamed); an existing `out_dir`
-    is an error unless `overwrite`. Returns `out_dir`; `read_pairs(out_dir)` reads the Arrow data.
+    Rows the trainer would refuse (chosen equals rejected under the same prompt) are not written:
+    they are counted in `stats["dropped_untrainable"]` (see `trainable_rows`) and logged. The
+    directory appears atomically (written next to it, then renamed); an existing `out_dir` is an
+    error unless `overwrite`. Returns `out_dir`; `read_pairs(out_dir)` reads the Arrow data.
     """
     import datasets
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
-    normalised = [normalize_pair(r, row=i) for i, r in enumerate(rows)]
-    records = [_to_record(r, f"<rows>: row {i}", True) for i, r in enumerate(normalised)]
+    kept = _trainable(list(rows), str(out_dir), stats)
+    records = [_to_record(r, f"<rows>: row {i}", True) for i, r in kept]
     features = _features()
     # from_list([]) infers an empty schema that contradicts `features`; from_dict keeps it.
     ds = (datasets.Dataset.from_list(records, features=features) if records
@@ -532,7 +563,7 @@ def write_pairs(rows: Iterable[Mapping], out_dir: str | os.PathLike, *, overwrit
         _quiet_save(ds, tmp)
         if jsonl:
             with open(tmp / JSONL_NAME, "w", encoding="utf-8") as f:
-                for i, r in enumerate(normalised):
+                for i, r in kept:
                     f.write(json.dumps(_to_record(r, f"<rows>: row {i}", False), ensure_ascii=False) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -543,14 +574,17 @@ def write_pairs(rows: Iterable[Mapping], out_dir: str | os.PathLike, *, overwrit
     return out_dir
 
 
-def write_pairs_jsonl(rows: Iterable[Mapping], path: str | os.PathLike) -> Path:
-    """Validate rows and write them as one JSONL file (plain JSON values, one row a line)."""
+def write_pairs_jsonl(rows: Iterable[Mapping], path: str | os.PathLike,
+                      stats: dict | None = None) -> Path:
+    """Validate rows and write them as one JSONL file (plain JSON values, one row a line); rows
+    the trainer would refuse are dropped and counted as in `write_pairs`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    kept = _trainable(list(rows), str(path), stats)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
-        for i, r in enumerate(rows):
-            rec = _to_record(normalize_pair(r, row=i), f"<rows>: row {i}", False)
+        for i, r in kept:
+            rec = _to_record(r, f"<rows>: row {i}", False)
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
     return path
@@ -569,4 +603,5 @@ def rows_equal(a: Mapping, b: Mapping) -> bool:
 
 
 __all__ = ["FIELDS", "PairsData", "PairsFormatError", "normalize_pair", "normalize_sft_row", "read_pairs",
-           "read_sft", "rows_equal", "to_dataset", "write_pairs", "write_pairs_jsonl"]
+           "read_sft", "refused_for_training", "rows_equal", "to_dataset", "trainable_rows", "write_pairs",
+           "write_pairs_jsonl"]

@@ -353,6 +353,9 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
             # Lists in the stats are side outputs (e.g. SPaR's refiner SFT rows), kept as JSONL.
             side = {k: v for k, v in bstats.items() if isinstance(v, list)}
             bstats = {k: v for k, v in bstats.items() if k not in side}
+            # Rows the trainer would refuse (chosen == rejected under one prompt) are dropped
+            # here and counted in the builder stats ("dropped_untrainable").
+            rows = pairs_io.trainable_rows(rows, f"{pairs_dir} shard {s}", bstats)
             for r in rows:
                 meta = r.setdefault("meta", {})
                 meta.update(model=str(config.model.path), model_hash=fingerprint,
