@@ -8,7 +8,7 @@ Each variant is one `python -m musc_jax.train` run (a fresh process) of a microw
 with overrides; the base model is evaluated once. Rows (issue 13): random; self_reward (self;
 checker one seed); SPaR iterations 1-3 (self; checker one seed); ECD (self, checker); MuSC with
 static weights x filter (none, self, checker); with the best self filter (`--best-self`), the
-loss / weight ablations (coarse, dynamic, as released), which train on the pairs that
+loss / weight ablations (coarse, dynamic, as released) and LoRA, which train on the pairs that
 `musc_<best>` built for the same seed (`--config.pipeline.pairs`), so they compare objectives on
 identical data; MuSC with one model in every role. Every row states its signal (self / checker /
 none, from the build's stats.json) and the pairs it kept; one summary per run (eval metrics,
@@ -67,9 +67,11 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "musc_coarse": ("configs/microworld.py", ["--config.weights.source=uniform"], "all"),
     "musc_dynamic": ("configs/microworld.py", ["--config.weights.source=dynamic"], "all"),
     "musc_released": ("configs/microworld.py", ["--config.loss.a_seq=0"], "all"),
+    # LoRA (rank 16, all linear maps, lr 1e-3) on the same pairs: trained parameters ablated.
+    "musc_lora": ("configs/microworld_lora.py", [], "all"),
     "musc_one_model": ("configs/microworld_one_model.py", [], "all"),
 }
-ABLATIONS = ("musc_coarse", "musc_dynamic", "musc_released")
+ABLATIONS = ("musc_coarse", "musc_dynamic", "musc_released", "musc_lora")
 
 
 def run(config: str, overrides: list[str], workdir: Path, log: Path) -> float:
