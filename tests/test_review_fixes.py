@@ -1,4 +1,5 @@
-"""Fixes found on review: pairs files never hold a row the trainer refuses (dropped and counted)."""
+"""Fixes found on review: pairs files never hold a row the trainer refuses (dropped and counted);
+the older validation errors (seeds, batching, model configs) are UserErrors naming what to fix."""
 
 import json
 
@@ -62,3 +63,53 @@ def test_build_pairs_counts_the_dropped_rows_in_stats(monkeypatch, tmp_path):
     on_disk = json.loads((result.out_dir / "stats.json").read_text())
     assert on_disk["builder"]["dropped_untrainable"] == 2
     assert len(pairs_io.read_pairs(result.pairs_dir)) == 3
+
+
+# ---- user mistakes in seeds, batching and model configs are UserErrors -------------------------
+
+def test_older_error_types_are_user_errors(tmp_path):
+    from musc_jax.data import batching, seeds
+    from musc_jax.errors import MissingFileError, UserError
+    from musc_jax.models.config import ConfigError, ModelConfig, config_from_hf
+
+    for cls in (seeds.SeedFormatError, batching.BatchingError, batching.TooLongError,
+                batching.TemplateBoundaryError, ConfigError):
+        assert issubclass(cls, UserError), cls
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(MissingFileError, match=rf"{missing}: seeds file not found \(data.path\)"):
+        seeds.load_seeds("jsonl", str(missing))
+    with pytest.raises(UserError, match=r"^config data.source='web': choose one of jsonl, hf"):
+        seeds.load_seeds("web", "x")
+    with pytest.raises(UserError, match=r"^config data.path is empty"):
+        seeds.load_seeds("jsonl", "")
+    with pytest.raises(UserError, match=r"^config data.on_error='ignore': choose one of 'error', 'skip'"):
+        seeds.read_jsonl_seeds(_seed_file(tmp_path), on_error="ignore")
+    with pytest.raises(UserError, match=r"^truncation='cut': choose one of 'error', 'skip', 'truncate'"):
+        batching.BatchingConfig(truncation="cut")
+    hf = {"model_type": "llama", "vocab_size": 8, "hidden_size": 12, "intermediate_size": 16,
+          "num_hidden_layers": 1, "num_attention_heads": 3, "num_key_value_heads": 2}
+    with pytest.raises(ConfigError, match=r"^m/config.json: num_attention_heads=3 is not a multiple of "
+                                          r"num_key_value_heads=2"):
+        config_from_hf(hf, source="m/config.json")
+    with pytest.raises(ConfigError, match=r"model preset 'llama9' \(model.preset / --model_preset\) is "
+                                          r"unknown; choose one of"):
+        ModelConfig.preset("llama9")
+
+
+def _seed_file(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text(json.dumps({"prompt": "Describe the owl."}) + "\n")
+    return path
+
+
+def test_tokenizer_errors_name_the_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from musc_jax.data.batching import BatchingError, ChatEncoder
+    from toy_tokenizer import make_toy_tokenizer
+
+    make_toy_tokenizer(tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    tok.chat_template = None
+    with pytest.raises(BatchingError, match=rf"^{tmp_path / 'tok'}: the tokenizer has no chat_template"):
+        ChatEncoder(tok)

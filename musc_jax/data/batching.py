@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from musc_jax.data import pairs_io
+from musc_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +85,13 @@ class BatchingConfig:
 
     def __post_init__(self):
         if self.truncation not in TRUNCATION_POLICIES:
-            raise ValueError(f"truncation must be one of {TRUNCATION_POLICIES}, got {self.truncation!r}")
+            raise UserError(f"truncation={self.truncation!r}: choose one of "
+                            f"{', '.join(map(repr, TRUNCATION_POLICIES))}")
         if not 0 < self.max_prompt_length < self.max_length:
-            raise ValueError(f"need 0 < max_prompt_length < max_length, got {self.max_prompt_length} "
-                             f"and {self.max_length}")
+            raise UserError(f"max_prompt_length={self.max_prompt_length}, max_length="
+                            f"{self.max_length}: need 0 < max_prompt_length < max_length")
         if self.bucket < 1:
-            raise ValueError(f"bucket must be >= 1, got {self.bucket}")
+            raise UserError(f"bucket={self.bucket}: must be >= 1")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BatchingConfig:
@@ -98,12 +100,12 @@ class BatchingConfig:
         items = dict(d.items())
         unknown = sorted(set(items) - names)
         if unknown:
-            raise ValueError(f"unknown batching config key(s) {unknown}; known: {sorted(names)}")
+            raise UserError(f"unknown batching config key(s) {unknown}; known: {sorted(names)}")
         return cls(**items)
 
 
-class BatchingError(ValueError):
-    """Bad tokenised data: names the row (and field) at fault."""
+class BatchingError(UserError):
+    """Bad tokenised data or tokenizer: names the row (and field), or the tokenizer, at fault."""
 
 
 class TemplateBoundaryError(BatchingError):
@@ -170,15 +172,23 @@ def bucket_length(n: int, bucket: int, max_length: int | None = None, max_bucket
 # Chat-template encoding
 
 
+def _tokenizer_prefix(tokenizer) -> str:
+    """"<where the tokenizer was loaded from>: " for messages about the tokenizer itself."""
+    name = getattr(tokenizer, "name_or_path", "")
+    return f"{name}: " if name else ""
+
+
 class ChatEncoder:
     """Token ids of prompts and responses under a tokenizer's chat template (see module doc)."""
 
     def __init__(self, tokenizer, config: BatchingConfig | None = None):
         self.tokenizer = tokenizer
         self.config = config = config or BatchingConfig()
+        src = _tokenizer_prefix(tokenizer)
         if not getattr(tokenizer, "chat_template", None):
-            raise BatchingError("the tokenizer has no chat_template; pairs are tokenised with the "
-                                "model's chat template")
+            raise BatchingError(f"{src}the tokenizer has no chat_template; pairs are tokenised "
+                                "with the model's chat template: add one to tokenizer_config.json "
+                                "(chat_template) or set model.tokenizer to a tokenizer that has one")
         self.bos_id = tokenizer.bos_token_id
         self._control_re = None
         self.pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None))
@@ -192,11 +202,13 @@ class ChatEncoder:
             plain = tokenizer("Hello")["input_ids"]
             self.add_bos = rendered.startswith(tokenizer.bos_token) or plain[:1] == [self.bos_id]
         if self.add_bos and self.bos_id is None:
-            raise BatchingError("add_bos=True but the tokenizer has no BOS token")
+            raise BatchingError(f"{src}add_bos=True but the tokenizer has no BOS token; set "
+                                "add_bos to None or False")
         with_gen = self._render(probe, True)
         if with_gen == self._render(probe, False):
-            raise BatchingError("the chat template ignores add_generation_prompt (no assistant header "
-                                "is written), so the prompt/response boundary cannot be found")
+            raise BatchingError(f"{src}the chat template ignores add_generation_prompt (no "
+                                "assistant header is written), so the prompt/response boundary "
+                                "cannot be found; fix the template to write the assistant header")
         self.end_id, self.template_writes_end = self._find_end(probe, with_gen)
 
     def _needs_sanitizing(self, messages: list[dict]) -> bool:
@@ -230,15 +242,18 @@ class ChatEncoder:
         if self.config.end_token is not None:
             end_id = self.tokenizer.convert_tokens_to_ids(self.config.end_token)
             if end_id is None or end_id == self.tokenizer.unk_token_id:
-                raise BatchingError(f"end_token {self.config.end_token!r} is not in the vocabulary")
+                raise BatchingError(f"{_tokenizer_prefix(self.tokenizer)}end_token "
+                                    f"{self.config.end_token!r} is not in the vocabulary; name one "
+                                    "of its tokens")
             return int(end_id), end_id in tail
         special = set(self.tokenizer.all_special_ids)
         for t in tail:
             if t in special:
                 return int(t), True
         if self.tokenizer.eos_token_id is None:
-            raise BatchingError("the chat template writes no end-of-turn token and the tokenizer has no "
-                                "EOS token; set BatchingConfig.end_token")
+            raise BatchingError(f"{_tokenizer_prefix(self.tokenizer)}the chat template "
+                                "writes no end-of-turn token and the tokenizer has no EOS token; "
+                                "set BatchingConfig.end_token")
         return int(self.tokenizer.eos_token_id), False
 
     def prompt_ids(self, prompt: list[dict]) -> np.ndarray:

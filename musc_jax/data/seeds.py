@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from musc_jax.data.constraints import Constraint, validate
+from musc_jax.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Seed:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class SeedFormatError(ValueError):
+class SeedFormatError(UserError):
     """A malformed seed row; the message names the file, line/row and field."""
 
     def __init__(self, where: str, field: str | None, reason: str, code: str = "value"):
@@ -187,7 +188,8 @@ def seed_from_record(d: Any, where: str, prompt_field: str = "prompt",
 
 def _collect(records, prompt_field: str, on_error: str, path: str) -> SeedSet:
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        raise UserError(f"config data.on_error={on_error!r}: choose one of "
+                        f"{', '.join(map(repr, ON_ERROR))}")
     seeds, skipped, n = [], collections.Counter(), 0
     for where, meta, rec in records:
         n += 1
@@ -214,7 +216,8 @@ def read_jsonl_seeds(path: str | os.PathLike, prompt_field: str = "prompt",
     """Seeds from a JSONL file (blank lines skipped; errors name file:line and field)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: seeds file not found")
+        raise MissingFileError(f"{path}: seeds file not found (data.path); give an existing JSONL "
+                               "file")
 
     def records():
         with open(path, encoding="utf-8") as f:
@@ -241,19 +244,21 @@ def _load_hf(path: Path, split: str | None):
         builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv",
                    "arrow": "arrow"}.get(suffix)
         if builder is None:
-            raise ValueError(f"{path}: cannot tell the dataset format from the suffix {suffix!r}")
+            raise UserError(f"{path}: cannot tell the dataset format from the suffix {suffix!r}; "
+                            "use .jsonl, .json, .parquet, .csv, .arrow or a save_to_disk directory")
         ds = datasets.load_dataset(builder, data_files=str(path))
     elif path.is_dir():
         ds = datasets.load_dataset(str(path))
     else:
-        raise FileNotFoundError(f"{path}: no such dataset file or directory")
+        raise MissingFileError(f"{path}: no such dataset file or directory (data.path)")
     if isinstance(ds, datasets.DatasetDict):
         if split is None:
             if len(ds) != 1:
-                raise ValueError(f"{path}: a dataset with splits {list(ds)}; set the split")
+                raise UserError(f"{path}: a dataset with splits {list(ds)}; set data.split to "
+                                "one of them")
             split = next(iter(ds))
         if split not in ds:
-            raise ValueError(f"{path}: no split {split!r} (splits: {list(ds)})")
+            raise UserError(f"{path}: no split {split!r} (data.split); choose one of {list(ds)}")
         ds = ds[split]
     return ds
 
@@ -281,15 +286,18 @@ def load_seeds(source: str, path: str = "", *, prompt_field: str = "prompt", spl
     first n (a registered source needs it: it is the number of seeds to generate). `options`
     (e.g. `levels`, `world_seed`) go to a registered source."""
     if source not in seed_sources():
-        raise ValueError(f"seed source {source!r}: choose one of {', '.join(seed_sources())} "
-                         "(a generated source is registered by importing its package)")
+        raise UserError(f"config data.source={source!r}: choose one of "
+                        f"{', '.join(seed_sources())} (a generated source is registered by "
+                        "importing its package)")
     if source in SEED_SOURCES:
         if num_seeds <= 0:
-            raise ValueError(f"the {source} seed source needs num_seeds > 0")
+            raise UserError(f"config data.num_seeds={num_seeds}: the {source} seed source "
+                            "generates seeds, so it needs data.num_seeds > 0")
         seeds = SEED_SOURCES[source](num_seeds, seed, **options)
         return SeedSet(seeds, {}, len(seeds))
     if not path:
-        raise ValueError(f"seed source {source!r} needs a path")
+        raise UserError(f"config data.path is empty: seed source {source!r} reads a file; set "
+                        "data.path")
     if source == "jsonl":
         out = read_jsonl_seeds(path, prompt_field, on_error)
     else:

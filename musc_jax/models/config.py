@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
+from musc_jax.errors import UserError
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -28,8 +30,8 @@ _ARCHITECTURES = {
 }
 
 
-class ConfigError(ValueError):
-    """A model config that we cannot build a model from."""
+class ConfigError(UserError):
+    """A model config that we cannot build a model from (the message names the file and field)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +116,8 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "ModelConfig":
         if name not in PRESETS:
-            raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+            raise ConfigError(f"model preset {name!r} (model.preset / --model_preset) is unknown; "
+                              f"choose one of {', '.join(sorted(PRESETS))}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
 
@@ -178,7 +181,7 @@ def config_from_hf(d: Mapping[str, Any], source: str = "config.json") -> ModelCo
     if model_type == "qwen2":
         attention_bias = True  # Qwen2 always has q/k/v biases (and none on o_proj)
     extra = tuple(sorted((k, json.dumps(v)) for k, v in d.items() if k not in _DERIVED_HF_KEYS))
-    return ModelConfig(
+    fields = dict(
         vocab_size=d["vocab_size"],
         hidden_size=d["hidden_size"],
         intermediate_size=d["intermediate_size"],
@@ -198,6 +201,10 @@ def config_from_hf(d: Mapping[str, Any], source: str = "config.json") -> ModelCo
         sliding_layers=sliding_layers,
         extra=extra,
     )
+    try:
+        return ModelConfig(**fields)
+    except ConfigError as e:  # a shape the model cannot take: name the file it came from
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def config_to_hf(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
