@@ -68,7 +68,7 @@ class BatchingConfig:
         (dropped and counted) or "truncate" (keep BOS + the last prompt tokens up to
         max_prompt_length, then cut the response to fit max_length).
     alt_sequences: also build chosen_alt / rejected_alt (x' + y) for token-weight computation.
-    bucket: pad T up to a multiple of this (capped at max_length).
+    bucket: padded lengths are multiples of this (the largest: max_length rounded up to one).
     add_bos: None = as the tokenizer does (its template writes BOS or its plain encoding adds it).
     end_token: the end-of-turn token; None = found from the chat template (else EOS).
     sanitize_control_tokens: encode special-token strings inside messages as text.
