@@ -17,19 +17,21 @@ Where the numbers come from:
 * Activations: an analytic model of what the compiled step keeps alive at its peak, term by term
   (`activation_terms`), for the rows one device sees: 2 x pairs (chosen and rejected are
   concatenated) per microbatch, at `data.max_length` (the longest bucket). Without remat every
-  layer keeps its residuals (hidden states, q/k/v, the float32 [rows, heads, T, T] attention
-  probabilities, MLP intermediates); with remat a layer keeps only its input and recomputes the
-  rest during its backward pass. The vocabulary projection runs in chunks of 128 positions
-  (`musc_jax.scoring`), but under autodiff the chunk loop stores each chunk's float32 logits for
-  the backward pass, so a full [rows, T, vocab] float32 array is kept; the online reference's
-  forward keeps nothing (stop-gradient) but holds one layer's and one chunk's working set.
-  With FSDP the weights a layer uses are all-gathered in the compute dtype; without remat XLA
-  may keep every layer's gathered copy for the backward pass (counted: an upper bound).
+  layer keeps its residuals (hidden states, q/k/v, MLP intermediates and the float32 attention
+  probabilities the kernel materialises: all [T, T] for `einsum`, for `xla` only each 128-query
+  block's keys up to the block's end (about half for long sequences), none for the flash
+  kernels `splash`/`cudnn`; see `score_positions`); with remat a layer keeps only its input and
+  recomputes the rest during its backward pass. The vocabulary projection runs in chunks of 128
+  positions (`musc_jax.scoring`) and each chunk is recomputed in the backward pass
+  (`jax.checkpoint`), so no [rows, T, vocab] logits are kept, only a chunk's working set; the
+  online reference's forward keeps nothing (stop-gradient) but holds one layer's and one chunk's
+  working set. With FSDP the weights a layer uses are all-gathered in the compute dtype; without
+  remat XLA may keep every layer's gathered copy for the backward pass (counted: an upper bound).
   The multiplicities (how many tensors of each kind are alive) are a `Profile`: `ACCELERATOR`
   (what a fusing TPU/GPU compiler keeps; not yet checked on an accelerator) is the default;
-  `XLA_CPU` is the same model with multiplicities fitted to XLA:CPU's compiled memory analysis,
-  which the tests use to check the model's structure (its scaling with layers, batch, sequence,
-  heads, vocabulary and mesh) against `compiled.memory_analysis()` of the real train step.
+  `XLA_CPU` is the same model with the multiplicities read off XLA:CPU's buffer assignment of
+  the real train step, which the tests use to check the model's structure (its scaling with
+  layers, batch, sequence, heads, vocabulary and mesh) against `compiled.memory_analysis()`.
 
 The model shape comes from `<model.path>/config.json` when that file exists, else from the
 `ModelConfig` preset named by the config's `model.preset` key (real-model configs ship without
@@ -49,6 +51,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from musc_jax.models.attention import CAUSAL_BLOCK
 from musc_jax.models.config import ModelConfig
 from musc_jax.sharding import LOGICAL_RULES, MESH_AXES, logical_to_spec
 
@@ -205,13 +208,16 @@ class Profile:
 
     Saved per layer for the backward pass (no remat): `hidden` [R, T, E] (layer input, the two
     norm outputs, the residual after attention), `q_out` [R, T, H, D] (rotated queries, attention
-    output), `kv` [R, T, K, D] (rotated keys, values), `probs` float32 [R, H, T, T], `mlp`
-    [R, T, M] (gate, up, their product). A layer's backward working set: `grad_probs` float32
-    [R, H, T, T], `grad_mlp` [R, T, M], `grad_hidden` float32 [R, T, E] (plus, with remat, the
-    layer's recomputed residuals). `logits` float32 [R, T, V] kept by the chunked scoring loop,
-    `chunks` float32 [R, 128, V] alive at once. `update` parameter-sized temporaries of the
-    optimizer update beyond the gradients. `remat_honored`: whether the compiler's schedule
-    really frees the residuals of a rematerialised layer.
+    output), `kv` [R, T, K, D] (rotated keys, values), `probs` float32 [R, H, T, T'] (the
+    attention probabilities where the kernel materialises them; T' from `score_positions`),
+    `mlp` [R, T, M] (gate, up, their product). A layer's backward working set: `grad_probs`
+    float32 [R, H, T, T'], `grad_mlp` [R, T, M], `grad_hidden` float32 [R, T, E] (plus, with
+    remat, the layer's recomputed residuals). `logits` float32 [R, T, V] kept for the backward
+    pass (0: the scoring loop recomputes each chunk), `chunks` float32 [R, 128, V] alive at
+    once. `update` parameter-sized temporaries of the optimizer update beyond the gradients.
+    `remat_honored`: whether the compiler's schedule really frees the residuals of a
+    rematerialised layer. `auto_attention`: the kernel `model.attention="auto"` runs on this
+    platform (`musc_jax.models.attention.resolve`; cudnn on GPU keeps what splash keeps).
     """
 
     name: str
@@ -223,22 +229,27 @@ class Profile:
     grad_probs: float = 1.0
     grad_mlp: float = 2.0
     grad_hidden: float = 2.0
-    logits: float = 1.0
+    logits: float = 0.0
     chunks: float = 2.0
     update: float = 1.0
     remat_honored: bool = True
+    auto_attention: str = "splash"
 
 
 ACCELERATOR = Profile("accelerator")
-# XLA:CPU (jax 0.10): fitted (non-negative least squares, rounded) to `temp_size_in_bytes` of the
-# compiled train step over 13 model/batch shapes on one CPU device (float32, precomputed
-# reference), within 0.94-1.15x of them. Its buffer assignment shows why it differs: the CPU
-# backend keeps extra layout copies of the attention matrix and of the MLP intermediates and more
-# update temporaries, and its schedule does not free rematerialised residuals (remat changes
-# the measured peak by a few percent only).
-XLA_CPU = Profile("xla_cpu", hidden=7.0, q_out=2.0, kv=2.0, probs=3.0, mlp=3.0, grad_probs=1.0,
-                  grad_mlp=3.0, grad_hidden=2.0, logits=1.0, chunks=1.0, update=4.0,
-                  remat_honored=False)
+# XLA:CPU (jax 0.10), counted in the buffer assignment of the real train step (the values live
+# at its peak, the last layer's MLP backward, on 8 simulated devices: meshes 8x1x1 and 1x8x1,
+# T = 256 and 512). Per layer it keeps 6 [R, T, E]: the residual after attention and the layer
+# output, and per RMSNorm its float32 normalised input and its scaled output; 2 [R, T, H, D]:
+# the queries (sliced per 128-query block) and the attention output; k and v (plus the key
+# slices of the causal blocks, `key_slice_positions`); the probabilities twice (softmax output
+# and its copy in the PV matmul's layout); 5 [R, T, M]: gate, up, sigmoid(gate), silu(gate), the
+# product. The backward working set at the peak: 2 [R, T, M] and one [R, T, E] gradient. Its
+# schedule does not free rematerialised residuals (remat changes the measured peak by a few
+# percent only). `update` was fitted to one-device compiles before this count (not re-checked).
+XLA_CPU = Profile("xla_cpu", hidden=6.0, q_out=2.0, kv=2.0, probs=2.0, mlp=5.0, grad_probs=1.0,
+                  grad_mlp=2.0, grad_hidden=1.0, logits=0.0, chunks=1.0, update=4.0,
+                  remat_honored=False, auto_attention="xla")
 PROFILES = {p.name: p for p in (ACCELERATOR, XLA_CPU)}
 
 
@@ -278,6 +289,7 @@ class Workload:
     dynamic_weights: bool = False
     batch_arrays: int = 6   # [examples, T] arrays in a batch (ids, masks, response masks, ...)
     rows_per_example: int = 2  # chosen + rejected; 1 for SFT
+    attention: str = "auto"  # model.attention ("auto": the profile's platform decides)
 
     @property
     def examples(self) -> int:
@@ -285,27 +297,61 @@ class Workload:
         return self.rows // self.rows_per_example
 
 
+def attention_kernel(w: Workload, p: Profile) -> str:
+    """The attention implementation the step runs: `model.attention`, "auto" resolved as on the
+    profile's platform."""
+    return p.auto_attention if w.attention == "auto" else w.attention
+
+
+def score_positions(seq: int, kernel: str) -> int:
+    """(query, key) pairs per row and head whose float32 probabilities `kernel` materialises.
+
+    einsum: all T x T. xla (`musc_jax.models.attention.xla_attention`): each CAUSAL_BLOCK-query
+    block sees the keys up to its end, so for n blocks (n + 1) / 2n of T x T (an upper bound
+    with sliding windows). splash / cudnn (flash kernels): none; they keep per-row softmax
+    statistics only.
+    """
+    if kernel in ("splash", "cudnn"):
+        return 0
+    if kernel == "einsum" or seq <= CAUSAL_BLOCK:
+        return seq * seq
+    return sum((min(s + CAUSAL_BLOCK, seq) - s) * min(s + CAUSAL_BLOCK, seq)
+               for s in range(0, seq, CAUSAL_BLOCK))
+
+
+def key_slice_positions(seq: int, kernel: str) -> int:
+    """Key positions the xla kernel copies out as per-block slices of k (and again of v): every
+    block but the last reads keys [0, block end)."""
+    if kernel != "xla" or seq <= CAUSAL_BLOCK:
+        return 0
+    return sum(s + CAUSAL_BLOCK for s in range(0, seq, CAUSAL_BLOCK) if s + CAUSAL_BLOCK < seq)
+
+
 def layer_residual_bytes(d: LocalDims, w: Workload, p: Profile) -> int:
     """Bytes one layer keeps for its backward pass without remat."""
     r, t, c = w.rows, w.seq, w.compute_bytes
-    probs = p.probs * r * d.heads * t * t * 4
+    kernel = attention_kernel(w, p)
+    scores = r * d.heads * score_positions(t, kernel)
+    probs = p.probs * scores * 4
     if c != 4:  # the probabilities are cast to the compute dtype for the PV matmul
-        probs += r * d.heads * t * t * c
+        probs += scores * c
+    kv_positions = p.kv * t + 2 * key_slice_positions(t, kernel)
     return int(p.hidden * r * t * d.embed * c + p.q_out * r * t * d.heads * d.head_dim * c
-               + p.kv * r * t * d.kv_heads * d.head_dim * c + probs + p.mlp * r * t * d.mlp * c)
+               + kv_positions * r * d.kv_heads * d.head_dim * c + probs + p.mlp * r * t * d.mlp * c)
 
 
 def layer_grad_bytes(d: LocalDims, w: Workload, p: Profile) -> int:
     """The gradient buffers of one layer's backward pass."""
     r, t, c = w.rows, w.seq, w.compute_bytes
-    return int(p.grad_probs * r * d.heads * t * t * 4 + p.grad_mlp * r * t * d.mlp * c
+    scores = r * d.heads * score_positions(t, attention_kernel(w, p))
+    return int(p.grad_probs * scores * 4 + p.grad_mlp * r * t * d.mlp * c
                + p.grad_hidden * r * t * d.embed * 4)
 
 
-def layer_forward_bytes(d: LocalDims, rows: int, seq: int, c: int) -> int:
+def layer_forward_bytes(d: LocalDims, rows: int, seq: int, c: int, kernel: str = "einsum") -> int:
     """One layer's forward working set when nothing is kept (online reference, reference
     precompute, dynamic token weights)."""
-    return int(rows * d.heads * seq * seq * (4 + c) + 3 * rows * seq * d.mlp * c
+    return int(rows * d.heads * score_positions(seq, kernel) * (4 + c) + 3 * rows * seq * d.mlp * c
                + 2 * rows * seq * d.embed * 4)
 
 
@@ -337,6 +383,8 @@ def activation_terms(d: LocalDims, w: Workload, p: Profile, remat: bool,
         # Backward of one layer: its activation gradients, its weight gradients before the FSDP
         # reduce-scatter (full size, compute dtype), and its recomputed residuals under remat.
         "working_set": layer_grad_bytes(d, w, p) + gathered_layer_bytes + (resid if honored else 0),
+        # Kept logits (none: chunks are recomputed), the chunk loop's working set, and the
+        # embedding lookup's output (the gather and its out-of-range select).
         "logits": int(p.logits * r * padded_positions(t) * d.vocab * 4
                       + p.chunks * chunk_bytes(d, r, t) + 2 * r * t * d.embed * c),
         "gathered_weights": (d.layers * gathered_layer_bytes if not remat
@@ -345,7 +393,7 @@ def activation_terms(d: LocalDims, w: Workload, p: Profile, remat: bool,
 
 
 def forward_only_bytes(d: LocalDims, w: Workload, gathered_layer_bytes: int = 0,
-                       gathered_head_bytes: int = 0) -> int:
+                       gathered_head_bytes: int = 0, kernel: str = "einsum") -> int:
     """Peak of the step's forward-only work (online reference, dynamic token weights).
 
     Neither depends on the policy's forward pass, so a memory-aware schedule runs them while no
@@ -355,10 +403,10 @@ def forward_only_bytes(d: LocalDims, w: Workload, gathered_layer_bytes: int = 0,
     r, t, c = w.rows, w.seq, w.compute_bytes
     peaks = [0]
     if w.reference == "online":
-        peaks.append(layer_forward_bytes(d, r, t, c) + 2 * chunk_bytes(d, r, t)
+        peaks.append(layer_forward_bytes(d, r, t, c, kernel) + 2 * chunk_bytes(d, r, t)
                      + 2 * r * t * d.embed * c)
     if w.dynamic_weights:  # per side: x and x' hidden states, two log-softmax chunks at once
-        peaks.append(layer_forward_bytes(d, w.examples, t, c) + 4 * w.examples * t * d.embed * c
+        peaks.append(layer_forward_bytes(d, w.examples, t, c, kernel) + 4 * w.examples * t * d.embed * c
                      + 4 * chunk_bytes(d, w.examples, t))
     return max(peaks) + (gathered_layer_bytes + gathered_head_bytes if max(peaks) else 0)
 
@@ -446,7 +494,8 @@ def workload_for(config, mesh: MeshShape) -> Workload:
     return Workload(rows=per_dev * (2 if pref else 1), seq=int(c.data.max_length),
                     compute_bytes=jnp.dtype(compute).itemsize,
                     reference=reference, rows_per_example=2 if pref else 1,
-                    grad_accum=accum, dynamic_weights=dynamic, batch_arrays=arrays)
+                    grad_accum=accum, dynamic_weights=dynamic, batch_arrays=arrays,
+                    attention=str(c.model.get("attention", "auto") or "auto"))
 
 
 def plan(model_cfg: ModelConfig, mesh: MeshShape, workload: Workload, optim_cfg,
@@ -478,12 +527,13 @@ def plan(model_cfg: ModelConfig, mesh: MeshShape, workload: Workload, optim_cfg,
     batch = workload.batch_arrays * workload.examples * workload.seq * 4 * workload.grad_accum
     lw, hw = (layer_w, head) if gather else (0, 0)
     acts = {r: activation_terms(d, workload, profile, r, lw, hw) for r in (False, True)}
+    kernel = attention_kernel(workload, profile)
     pre = 0
     if workload.reference == "precompute" and precompute_rows:
         # Before training (no optimizer state yet): params + one forward over one side's rows.
         pre = params + (layer_w if gather else 0) + (head if gather else 0) + \
             precompute_rows * workload.seq * d.embed * c_bytes * 2 + \
-            layer_forward_bytes(d, precompute_rows, workload.seq, c_bytes) + \
+            layer_forward_bytes(d, precompute_rows, workload.seq, c_bytes, kernel) + \
             2 * chunk_bytes(d, precompute_rows, workload.seq)
     return MemoryPlan(
         model_source=model_source, model_cfg=model_cfg, num_params=sum(math.prod(i.shape) for i in infos),
@@ -493,7 +543,7 @@ def plan(model_cfg: ModelConfig, mesh: MeshShape, workload: Workload, optim_cfg,
         gradients=grads, batch=batch,
         update_temps=int(profile.update * (4 * lora_params if lora_params else params)),
         activations=acts,
-        forward_only=forward_only_bytes(d, workload, lw, hw),
+        forward_only=forward_only_bytes(d, workload, lw, hw, kernel),
         precompute_pass=pre, remat=remat)
 
 
@@ -554,7 +604,7 @@ def format_plan(p: MemoryPlan, device_memory_gib: float | None = None, headroom:
     row("gradients", p.gradients)
     names = {"saved_residuals": f"activations: saved residuals ({m.num_layers} layers)",
              "working_set": "activations: backward working set (1 layer)",
-             "logits": "activations: logits [rows,T,V] f32 + chunks",
+             "logits": "activations: logits chunks + embedding out",
              "gathered_weights": "activations: gathered/cast weights"}
     for k, label in names.items():
         row(label, p.activations[False][k], p.activations[True][k])
