@@ -8,8 +8,10 @@ the eval result must be identical. Per-process ownership and resume are checked 
 (a scripted builder, jax's process index patched), which needs no model.
 
 The equality tests are marked slow: the three interpreters compile every generation shape on
-4- and 8-device meshes (the one-process run alone takes 52 s of CPU; the whole module took 8 and
-15 minutes wall on the shared, overloaded 2-core machine); run them with `pytest -m slow tests/test_multiprocess_pairs.py`.
+4- and 8-device meshes (the one-process run alone takes 52 s of CPU; the whole module took 8 to
+15 minutes wall on the shared, overloaded 2-core machine, 10.4 with the continuous engine);
+run them with `pytest -m slow tests/test_multiprocess_pairs.py`. The same check through the CLIs
+and launch/local_multiprocess.sh: scripts/multiprocess_pairs_check.sh.
 """
 
 import json
