@@ -26,9 +26,11 @@ step (embed + layers + logits) and the sampler (top-p), for the static engine's 
 ([B, S, kv, D], written by dynamic_update_slice) and ours (slot cache), and how many
 cache-sized copy/transpose ops the compiled decode loop runs per step (from the HLO).
 
-    python bench/generate.py [--repeats 3] [--skip-hf] [--skip-static] [--only fixed|mixed]
+    python bench/generate.py            # both workloads, 3 repeats (median); ~15 min on 2 cores
 
-The last lines are machine-readable:
+writes each workload's report to docs/results/bench/generate_fixed.txt and generate_mixed.txt
+(`--out-dir ''` writes nothing; `--only fixed|mixed`, `--skip-hf`, `--skip-static`,
+`--skip-profile`, `--repeats N` for quick looks). The workloads' last lines are machine-readable:
 
     generate_fixed: ours_tok_s=<f> static_tok_s=<f> hf_tok_s=<f> vs_static=<f> vs_hf=<f>
     generate_mixed: ours_tok_s=<f> static_tok_s=<f> hf_tok_s=<f> vs_static=<f> vs_hf=<f>
@@ -126,7 +128,7 @@ def time_hf(model, prompts, budgets, batch, repeats):
     return times, torch.__version__, torch.get_num_threads(), steps
 
 
-def step_profile(model, repeats: int = 5) -> None:
+def step_profile(model, say, repeats: int = 5) -> None:
     """Per decode step, fixed workload: model step and sampler, static cache vs slot cache."""
     b, s = FIXED["batch"], FIXED["prompt"] + FIXED["new"]
     graphdef, params = nnx.split(model)
@@ -150,7 +152,8 @@ def step_profile(model, repeats: int = 5) -> None:
     old_cache = model.init_cache(b, s)._replace(index=jnp.int32(FIXED["prompt"] + 64),
                                                  lengths=jnp.full((b,), 100, jnp.int32),
                                                  mask=jnp.ones((b, s), bool))
-    new_cache = init_slot_cache(model.config, b, continuous.MIN_CACHE_BUCKET * 4, model.dtype)
+    length = gen.bucket_length(s, minimum=continuous.MIN_CACHE_BUCKET)   # the engine's L
+    new_cache = init_slot_cache(model.config, b, length, model.dtype)
     pos = jnp.full((b,), FIXED["prompt"] + 64, jnp.int32)
     box = {"old": old_cache, "new": new_cache}
 
@@ -170,14 +173,14 @@ def step_profile(model, repeats: int = 5) -> None:
     elems = b * model.config.num_kv_heads * FIXED["prompt"] * model.config.head_dim
     c_old = len(hlo.loop_copies(static.decode_program_text(model, b, FIXED["prompt"],
                                                            FIXED["new"], mode), elems))
-    c_new = len(hlo.loop_copies(continuous.decode_program_text(
-        model, b, continuous.MIN_CACHE_BUCKET * 4, FIXED["new"], mode), elems))
-    print(f"decode step (batch {b}): static-cache model step {t_old:.2f} ms, slot-cache model "
-          f"step {t_new:.2f} ms, top-p sampler {t_samp:.2f} ms; cache-sized copies per step in "
-          f"the compiled loop: static {c_old}, ours {c_new}")
+    c_new = len(hlo.loop_copies(
+        continuous.decode_program_text(model, b, length, FIXED["new"], mode), elems))
+    say(f"decode step (batch {b}): static-cache model step {t_old:.2f} ms, slot-cache model "
+        f"step {t_new:.2f} ms, top-p sampler {t_samp:.2f} ms; cache-sized copies per step in "
+        f"the compiled loop: static {c_old}, ours {c_new}")
 
 
-def report(name, tokens, ours, static_, hf, extra=""):
+def report(say, name, tokens, ours, static_, hf, extra=""):
     def tps(times):
         return tokens / median(times) if times else float("nan")
 
@@ -185,9 +188,10 @@ def report(name, tokens, ours, static_, hf, extra=""):
     for label, times, v in (("ours (continuous)", ours, o), ("old (static engine)", static_, s),
                             ("transformers (torch)", hf, h)):
         if times:
-            print(f"  {label:<22} {fmt_times(times)}  {v:9.1f} useful tok/s")
-    print(extra, end="")
-    print(f"generate_{name}: ours_tok_s={o:.1f} static_tok_s={s:.1f} hf_tok_s={h:.1f} "
+            say(f"  {label:<22} {fmt_times(times)}  {v:9.1f} useful tok/s")
+    if extra:
+        say(extra.rstrip("\n"))
+    say(f"generate_{name}: ours_tok_s={o:.1f} static_tok_s={s:.1f} hf_tok_s={h:.1f} "
           f"vs_static={o / s:.2f} vs_hf={o / h:.2f}")
 
 
@@ -198,33 +202,53 @@ def main() -> None:
     parser.add_argument("--skip-static", action="store_true", help="no static-engine timing")
     parser.add_argument("--skip-profile", action="store_true", help="no decode-step profile")
     parser.add_argument("--only", choices=("fixed", "mixed"), help="one workload only")
+    parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent.parent / "docs"
+                                                 / "results" / "bench"),
+                        help="where generate_<workload>.txt are written ('' for nowhere)")
     args = parser.parse_args()
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    def save(name: str) -> None:
+        if args.out_dir:
+            Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(args.out_dir) / f"generate_{name}.txt").write_text("\n".join(lines) + "\n")
+        del lines[1:]                                    # keep the header line for the next
 
     cfg = ModelConfig.preset("bench_32m")
     model = init_model(cfg, seed=0)
     fixed, mixed, budgets = workloads(cfg.vocab_size)
-    print(f"model bench_32m ({cfg.num_params() / 1e6:.1f}M params), temperature {TEMPERATURE}, "
-          f"top-p {TOP_P}; jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start")
+    say(f"model bench_32m ({cfg.num_params() / 1e6:.1f}M params), temperature {TEMPERATURE}, "
+        f"top-p {TOP_P}; jax {jax.__version__} on {jax.devices()[0].platform}, "
+        f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start; "
+        f"{args.repeats} timed calls per engine (median)")
 
     if args.only in (None, "fixed"):
         b, new = FIXED["batch"], FIXED["new"]
-        print(f"fixed: {b} prompts x {FIXED['prompt']} tokens, {new} new tokens each")
+        t0 = time.perf_counter()
+        say(f"fixed: {b} prompts x {FIXED['prompt']} tokens, {new} new tokens each")
         ours, out = time_ours(model, fixed, [new] * b, "continuous", args.repeats)
         old = [] if args.skip_static else time_ours(model, fixed, [new] * b, "static",
                                                     args.repeats)[0]
         hf = [] if args.skip_hf else time_hf(model, fixed, [new] * b, b, args.repeats)[0]
-        report("fixed", b * new, ours, old, hf,
+        report(say, "fixed", b * new, ours, old, hf,
                f"  ours: {out.stats.segments} decode segments, finished work "
                f"{out.stats.finished_fraction:.3f}, idle {out.stats.idle_fraction:.3f}\n")
         if not args.skip_profile:
-            step_profile(model)
+            step_profile(model, say)
+        say(f"  (fixed section took {time.perf_counter() - t0:.0f} s, load average "
+            f"{os.getloadavg()[0]:.1f} at its end)")
+        save("fixed")
 
     if args.only in (None, "mixed"):
         useful = sum(budgets)
-        print(f"mixed: {len(mixed)} prompts of {MIXED['prompt_lo']}..{MIXED['prompt_hi']} tokens, "
-              f"outputs of {min(budgets)}..{max(budgets)} tokens (mean {np.mean(budgets):.0f}, "
-              f"median {np.median(budgets):.0f}), {useful} useful tokens")
+        say(f"mixed: {len(mixed)} prompts of {MIXED['prompt_lo']}..{MIXED['prompt_hi']} tokens, "
+            f"outputs of {min(budgets)}..{max(budgets)} tokens (mean {np.mean(budgets):.0f}, "
+            f"median {np.median(budgets):.0f}), {useful} useful tokens; transformers in "
+            f"batches of {MIXED['hf_batch']}")
         t0 = time.perf_counter()
         ours, out = time_ours(model, mixed, budgets, "continuous", args.repeats)
         st = out.stats
@@ -240,8 +264,10 @@ def main() -> None:
         if not args.skip_hf:
             hf, *_, steps = time_hf(model, mixed, budgets, MIXED["hf_batch"], args.repeats)
             extra += f"  transformers: finished work {1 - useful / steps:.3f}\n"
-        report("mixed", useful, ours, old, hf, extra)
-        print(f"  (mixed section took {time.perf_counter() - t0:.0f} s)")
+        report(say, "mixed", useful, ours, old, hf, extra)
+        say(f"  (mixed section took {time.perf_counter() - t0:.0f} s, load average "
+            f"{os.getloadavg()[0]:.1f} at its end)")
+        save("mixed")
 
 
 if __name__ == "__main__":

@@ -36,3 +36,16 @@ def make_hf_model(family: str, out_dir: Path, seed: int = 0, dtype=torch.float32
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(out_dir)
     return model
+
+
+def sharp_hf_and_ours(family: str, out_dir: Path, **overrides):
+    """A tiny HF model of `family` with its LM head scaled 8x (sharp logits: no near-ties for a
+    greedy argmax to flip on between frameworks), saved to `out_dir`, and ours loaded from it.
+    Returns (hf torch model, our model)."""
+    from musc_jax.models import from_pretrained
+
+    hf = make_hf_model(family, out_dir, **overrides)
+    with torch.no_grad():
+        hf.lm_head.weight.mul_(8.0)
+    hf.save_pretrained(out_dir)
+    return hf, from_pretrained(out_dir)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from hf_models import make_hf_model
-from musc_jax.engine import continuous, hlo, static
+from hf_models import sharp_hf_and_ours
+from musc_jax.engine import continuous, hlo, slot_cache, static
 from musc_jax.engine.counters import TRACE_COUNTS
 from musc_jax.engine.sampling import SamplingMode
 from musc_jax.generate import generate, stop_id_array
-from musc_jax.models import ModelConfig, from_pretrained, init_model
+from musc_jax.models import ModelConfig, init_model
 
 # mixed prompt lengths (1..40 tokens) and output lengths (3..70 tokens)
 PROMPTS = [[5, 17, 99, 3, 42, 8, 61, 7, 23, 11, 90], [64, 2, 33], [12, 77, 45, 9, 100, 3, 70],
@@ -34,11 +34,7 @@ def _hf_greedy_rows(hf, prompts, budgets):
 
 @pytest.mark.parametrize("family", ["llama", "mistral"])   # mistral: sliding window of 5
 def test_greedy_matches_transformers_on_mixed_lengths(family, tmp_path):
-    hf = make_hf_model(family, tmp_path)
-    with torch.no_grad():  # sharper logits: no near-ties for the argmax to flip on
-        hf.lm_head.weight.mul_(8.0)
-    hf.save_pretrained(tmp_path)
-    model = from_pretrained(tmp_path)
+    hf, model = sharp_hf_and_ours(family, tmp_path)
     ref = _hf_greedy_rows(hf, PROMPTS, BUDGETS)
     # 2 slots for 7 rows: every slot is refilled, the cache grows and shrinks, the tail packs
     out = generate(model, PROMPTS, BUDGETS, temperature=0.0, max_slots=2, pad_token_id=1)
@@ -71,7 +67,7 @@ def static_samples(tiny):
     return ref
 
 
-# slots=2 compiles many (slots, length) variants: ~10 min on a loaded 2-core machine
+# slots=2 packs the tail through every slot bucket (one decode program each): ~2 min loaded
 @pytest.mark.parametrize("slots", [pytest.param(2, marks=pytest.mark.slow), 4, 64])
 def test_samples_equal_static_engine_for_any_slot_count(tiny, static_samples, slots):
     ref = static_samples
@@ -98,13 +94,16 @@ def test_rows_ending_at_their_first_token(tiny):
     assert one.stats.segments == 0
 
 
-def test_no_recompilation_as_slots_refill(tiny):
+def test_no_recompilation_as_slots_refill_and_pack(tiny):
+    # 2 slots: prefill groups of 1 or 2 rows, decode over 2 slots, then the tail packed into 1
     kw = dict(temperature=0.8, top_p=0.9, eos_token_id=[5, 9, 17], max_slots=2)
     prompts = [[1 + i, 2, 3] + [4] * (i % 9) for i in range(12)]   # all in the 16-token bucket
-    generate(tiny, prompts, 30, seed=0, **kw)
+    budgets = [30, 3, 60, 9, 20, 45, 5, 12, 33, 7, 26, 50]           # rows end at many steps
+    generate(tiny, prompts, budgets, seed=0, **kw)
     before = dict(TRACE_COUNTS)
-    out = generate(tiny, [p[::-1] for p in prompts], 30, seed=1, **kw)
+    out = generate(tiny, [p[::-1] for p in prompts], budgets, seed=1, **kw)   # other tokens
     assert out.stats.prefill_calls >= 6 and out.stats.segments >= 6   # slots were refilled
+    assert out.stats.resizes >= 1                                      # the tail was packed
     for key in ("engine_prefill", "engine_decode", "engine_resize"):
         assert TRACE_COUNTS[key] == before.get(key, 0), key
 
@@ -128,3 +127,31 @@ def test_decode_step_does_not_copy_the_cache(tiny):
     assert len(old) >= 2 * cfg.num_layers                  # the measurement sees the copies
     new = hlo.loop_copies(continuous.decode_program_text(tiny, 8, 128, 64, mode), cache_elems)
     assert new == []
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_decode_attention_reads_up_to_the_longest_row(window):
+    """The blocked online-softmax decode attention equals a float64 softmax over each row's
+    positions 0..pos (inside the window); idle rows (position L) leave the others unchanged,
+    and a cache of 4 blocks with rows in the first two reads only those (garbage beyond)."""
+    rng = np.random.default_rng(0)
+    r, kvh, g, d, length = 5, 2, 3, 8, 4 * slot_cache.DECODE_BLOCK
+    q = rng.normal(size=(r, 1, kvh * g, d)).astype(np.float32)
+    kc = rng.normal(size=(r, kvh, length, d)).astype(np.float32)
+    vc = rng.normal(size=(r, kvh, length, d)).astype(np.float32)
+    pos = np.array([0, 3, slot_cache.DECODE_BLOCK + 7, 40, length])           # the last: idle
+    hi = pos[pos < length].max() + 1
+    kc[:, :, -(-hi // slot_cache.DECODE_BLOCK) * slot_cache.DECODE_BLOCK:] = np.nan  # never read
+    got = np.asarray(slot_cache._decode_attention(q, kc, vc, pos[:, None], scale=0.3,
+                                                  window=window))
+    for i in range(r - 1):
+        keep = np.arange(pos[i] + 1)
+        if window is not None:
+            keep = keep[pos[i] - keep < window]
+        for k in range(kvh):
+            for j in range(g):
+                s = 0.3 * kc[i, k, keep].astype(np.float64) @ q[i, 0, k * g + j]
+                p = np.exp(s - s.max())
+                want = (p / p.sum()) @ vc[i, k, keep].astype(np.float64)
+                np.testing.assert_allclose(got[i, 0, (k * g + j) * d:(k * g + j + 1) * d], want,
+                                           rtol=1e-5, atol=1e-5)

@@ -14,11 +14,11 @@ import torch
 import transformers
 from flax import nnx
 
-from hf_models import make_hf_model
+from hf_models import sharp_hf_and_ours
 from musc_jax import generate as gen
 from musc_jax.generate import (bucket_batch, bucket_length, filter_logits, generate,
                                generate_text, top_k_filter, top_p_filter)
-from musc_jax.models import ModelConfig, from_pretrained, init_model
+from musc_jax.models import ModelConfig, init_model
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -115,11 +115,7 @@ def _hf_greedy(hf, prompts, n):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_greedy_matches_transformers(family, tmp_path):
-    hf = make_hf_model(family, tmp_path)
-    with torch.no_grad():  # sharper logits: no near-ties for the argmax to flip on
-        hf.lm_head.weight.mul_(8.0)
-    hf.save_pretrained(tmp_path)
-    model = from_pretrained(tmp_path)
+    hf, model = sharp_hf_and_ours(family, tmp_path)
     ref = _hf_greedy(hf, PROMPTS, 32)
     out = generate(model, PROMPTS, 32, temperature=0.0)
     assert out.tokens.shape == (4, 32) and out.tokens.dtype == np.int32

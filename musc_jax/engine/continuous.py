@@ -8,14 +8,14 @@ the cache is updated in place):
   chunk samples the row's first token and makes the slot live.
 * `decode`: a `lax.while_loop` of decode steps over all slots. It stops as soon as a row ends
   while prompts are waiting (so no step ever decodes a finished row: its slot is refilled
-  first), or when the longest row reaches the cache's length bucket.
-* `resize`: between segments, moves the state to another length bucket L (grow when a row
-  reaches it, shrink when the long rows have ended) or, once no prompt waits, packs the live
-  rows into fewer slots (so the tail does not decode idle slots either). A copy of the cache
-  per resize, never per step.
+  first), or when half the slots are idle and no prompt waits.
+* `resize`: once no prompt waits, packs the live rows into fewer slots (so the tail does not
+  decode idle slots either). A gather of the cache per resize, never per step.
 
-Shapes are static per (slots, L) bucket and per prefill group bucket, so refilling slots
-compiles nothing new (`TRACE_COUNTS`). Sampling: row r draws token i from
+The cache length L is fixed for the whole call (the length bucket of the longest prompt plus
+its budget) and a decode step reads the cache only up to its longest live row, so the shapes
+depend on (slots, L) and the prefill group bucket only: refilling slots compiles nothing new,
+and packing compiles one decode program per slot bucket, once per process (`TRACE_COUNTS`). Sampling: row r draws token i from
 fold_in(fold_in(key(seed), r), i), exactly as the static engine, whatever slot it runs in.
 """
 
@@ -158,20 +158,10 @@ def _decode(graphdef, params, state: Slots, stop_ids, pad, temperature, top_k, t
     return state, steps, useful
 
 
-def _resize(state: Slots, order, *, length: int, shardings):
-    """The state with slots taken in `order` [N'] and the cache cut or padded to `length`."""
+def _resize(state: Slots, order, *, shardings):
+    """The state with slots taken in `order` [N'] (cache included)."""
     TRACE_COUNTS["engine_resize"] += 1
-    old = state.cache.keys[0].shape[2]
-
-    def fit(a):
-        a = a[order]
-        if length <= old:
-            return a[:, :, :length]
-        return jnp.pad(a, ((0, 0), (0, 0), (0, length - old), (0, 0)))
-
-    cache = SlotCache(tuple(map(fit, state.cache.keys)), tuple(map(fit, state.cache.values)))
-    rest = jax.tree.map(lambda a: a[order], state._replace(cache=None))
-    return _constrain(rest._replace(cache=cache), shardings)
+    return _constrain(jax.tree.map(lambda a: a[order], state), shardings)
 
 
 _JIT: dict[Any, Any] = {}
@@ -250,7 +240,8 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
     def length_bucket(need: int) -> int:
         return bucket_length(need, minimum=MIN_CACHE_BUCKET)
 
-    length = length_bucket(max(len(p) for p in rows[:n]) + 1)
+    # one cache length for the call: the longest row (prompt + budget) fits, so L never changes
+    length = length_bucket(max(len(p) + int(b) for p, b in zip(rows, budgets)))
     shardings = _state_shardings(mesh, n, model)
     state = _empty_state(model, n, length, max_new, shardings)
     tokens = np.full((len(rows), max_new), pad, np.int32)
@@ -259,14 +250,14 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
     pos = np.zeros((n,), np.int64)
     queue = collections.deque(range(len(rows)))
 
-    def resize(order: np.ndarray, new_length: int):
-        nonlocal state, length, n, shardings, slot_row, pos
+    def resize(order: np.ndarray):
+        nonlocal state, n, shardings, slot_row, pos
         new_n = len(order)
         new_shardings = _state_shardings(mesh, new_n, model)
-        fn = _jitted("resize", n, length, new_n, new_length, mesh, make=lambda: jax.jit(
-            functools.partial(_resize, length=new_length, shardings=new_shardings)))
+        fn = _jitted("resize", n, length, new_n, mesh, make=lambda: jax.jit(
+            functools.partial(_resize, shardings=new_shardings)))
         state = fn(state, np.asarray(order, np.int32))
-        n, length, shardings = new_n, new_length, new_shardings
+        n, shardings = new_n, new_shardings
         slot_row, pos = slot_row[order], pos[order]
         stats.resizes += 1
 
@@ -286,11 +277,6 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
             total = bucket_length(max(len(rows[g]) for g in group))
             chunk = min(total, prefill_chunk)
             total = -(-total // chunk) * chunk
-            live = slot_row >= 0
-            need = max(total, int(pos[live].max()) + 1 if live.any() else 0)
-            if need > length:
-                resize(np.arange(n), length_bucket(need))
-                free = np.flatnonzero(slot_row < 0)
             r = bucket_batch(len(group))
             slots = np.full((r,), n, np.int32)           # padding rows: slot n, writes dropped
             slots[: len(group)] = free[: len(group)]
@@ -319,12 +305,8 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
             # pack the live rows into the smallest slot bucket (the rest of `order` is idle)
             small = bucket_batch(int(live.sum()), multiple)
             order = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:small]
-            need = int(pos[live].max()) + 1
-            resize(order, max(length_bucket(need), MIN_CACHE_BUCKET))
+            resize(order)
             continue
-        need = int(pos[live].max()) + 1
-        if need > length or length_bucket(need) <= length // 2:
-            resize(np.arange(n), length_bucket(need))
         limit = length - int(pos[slot_row >= 0].max())
         fn = _jitted("decode", graphdef, st, n, length, mesh, make=lambda: jax.jit(
             functools.partial(_decode, graphdef, st=st, shardings=shardings), donate_argnums=1))

@@ -4,15 +4,16 @@ Layout: per layer, keys and values [slots, kv_heads, L, head_dim]. Each slot hol
 its own length: its tokens sit at cache positions 0..pos-1, and a token's rope position is its
 cache position, so slots at different lengths need no shared index and no padding on the left.
 
-Why this layout: the decode scores `q [slot, kv, g, D] . k [slot, kv, L, D]` and the output
-`p [slot, kv, g, L] . v [slot, kv, L, D]` are batched matmuls with the batch dims (slot, kv)
-leading, so XLA reads the cache where it lies. The [B, S, kv, D] cache of
-`DecoderLM.hidden_states(cache=...)` puts S before kv, and XLA transposes (copies) both K and V
-of every layer on every step to get there. Writes are scatters into the loop-carried buffers,
+Why this layout: decode attention reads `k [slot, kv, L, D]` and `v` in blocks along L with
+the batch dims (slot, kv) leading, so XLA reads the cache where it lies. The [B, S, kv, D] cache
+of `DecoderLM.hidden_states(cache=...)` puts S before kv, and XLA transposes (copies) both K and
+V of every layer on every step to get there. Writes are scatters into the loop-carried buffers,
 which XLA performs in place.
 
-`L` is the engine's current length bucket (it grows and shrinks between decode segments), so
-attention reads only up to it, not up to the longest length a call could reach.
+`L` is fixed for a whole engine call (long enough for its longest row), so slots refill and
+pack without new shapes; a decode step reads the cache only up to the longest live row
+(`_decode_attention`, a loop over blocks with a traced bound), so its cost follows the rows'
+lengths, not L.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from musc_jax.models.attention import MASK_VALUE
-from musc_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
+from musc_jax.models.rope import inverse_frequencies, rope_cos_sin
+
+# Decode attention reads the cache in blocks of this many positions, up to the longest live row.
+DECODE_BLOCK = 64
 
 
 class SlotCache(NamedTuple):
@@ -56,36 +60,78 @@ def _attend(attn, x, cos, sin, kc, vc, slots, positions, *, whole: bool, kv_len:
     keys/values are written into kc/vc (writes to a slot index >= the slot count, or a position
     >= L, are dropped: padding rows and idle slots). Then each query attends to its slot's keys
     at positions <= its own (and inside the sliding window). `whole`: the rows are all slots in
-    order (decoding), so the cache is read in place; otherwise the rows' slots are gathered,
-    positions < kv_len only (prefill chunks). Returns (out [R, T, E], kc, vc).
+    order and T = 1 (decoding), so the cache is read in place, up to the longest live row;
+    otherwise the rows' slots are gathered, positions < kv_len only (prefill chunks).
+    Returns (out [R, T, E], kc, vc).
     """
-    q = attn._project(x, attn.q_proj, attn.q_bias, "query_proj")
-    k = attn._project(x, attn.k_proj, attn.k_bias, "key_proj")
-    v = attn._project(x, attn.v_proj, attn.v_bias, "value_proj")
-    if attn.q_norm is not None:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k, v = attn.qkv(x, cos, sin)
     kc = kc.at[slots[:, None], :, positions, :].set(k.astype(kc.dtype), mode="drop")
     vc = vc.at[slots[:, None], :, positions, :].set(v.astype(vc.dtype), mode="drop")
+    r, t, h, d = q.shape
     if whole:
-        keys, values = kc, vc
+        out = _decode_attention(q, kc, vc, positions, scale=attn.scale, window=attn.window)
     else:
-        rows = jnp.clip(slots, 0, kc.shape[0] - 1)
-        keys, values = kc[rows, :, :kv_len], vc[rows, :, :kv_len]
+        out = _prefill_attention(q, kc, vc, slots, positions, kv_len, scale=attn.scale,
+                                 window=attn.window)
+    o = attn.o_proj[...].astype(attn.dtype)
+    return (out.reshape(r * t, h * d) @ o.reshape(h * d, -1)).reshape(r, t, -1), kc, vc
+
+
+def _prefill_attention(q, kc, vc, slots, positions, kv_len: int, *, scale, window):
+    """q [R, T, H, D] of a prompt chunk over its slots' cache positions < kv_len (the prompt so
+    far): grouped-query scores, float32 masked softmax. Returns [R, T, H, D]."""
+    rows = jnp.clip(slots, 0, kc.shape[0] - 1)
+    keys, values = kc[rows, :, :kv_len], vc[rows, :, :kv_len]
     r, t, h, d = q.shape
     kvh, s = keys.shape[1], keys.shape[2]
     qg = q.reshape(r, t, kvh, h // kvh, d)
     scores = jnp.einsum("rtkgd,rksd->rkgts", qg, keys.astype(q.dtype),
-                        preferred_element_type=jnp.float32) * attn.scale
+                        preferred_element_type=jnp.float32) * scale
     k_pos = jnp.arange(s)
     allowed = k_pos[None, None, :] <= positions[:, :, None]                  # [R, T, S]
-    if attn.window is not None:
-        allowed &= (positions[:, :, None] - k_pos[None, None, :]) < attn.window
+    if window is not None:
+        allowed &= (positions[:, :, None] - k_pos[None, None, :]) < window
     scores = jnp.where(allowed[:, None, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("rkgts,rksd->rtkgd", probs, values.astype(q.dtype)).reshape(r * t, h * d)
-    o = attn.o_proj[...].astype(attn.dtype)
-    return (out @ o.reshape(h * d, -1)).reshape(r, t, -1), kc, vc
+    return jnp.einsum("rkgts,rksd->rtkgd", probs, values.astype(q.dtype)).reshape(r, t, h, d)
+
+
+def _decode_attention(q, kc, vc, positions, *, scale, window):
+    """Decode attention of q [R, 1, H, D] over the slot cache kc/vc [R, kv, L, D], reading only
+    the blocks of DECODE_BLOCK positions up to the longest live row (rows at position >= L are
+    idle slots and do not count). Online softmax in float32 across blocks: the cost of a step
+    follows the rows' current lengths, not the cache's length L, so one L serves a whole call.
+
+    Scores and outputs are multiply-reduce over [R, kv, g, B, D] (XLA:CPU emits the batched
+    (slot, kv) dot with a 1-token M as a slow naive loop; the reduce fuses with the block read).
+    """
+    r, _, h, d = q.shape
+    kvh, length = kc.shape[1], kc.shape[2]
+    block = min(DECODE_BLOCK, length)
+    pos = positions[:, 0]                                                  # [R]
+    hi = jnp.max(jnp.where(pos < length, pos, 0)) + 1
+    lo = 0 if window is None else jnp.maximum(jnp.min(pos) - window + 1, 0) // block
+    qg = (q[:, 0].reshape(r, kvh, h // kvh, d).astype(jnp.float32) * scale)[:, :, :, None, :]
+
+    def body(j, carry):
+        m, total, acc = carry
+        start = jnp.minimum(j * block, length - block)    # the last block may overlap the one before
+        kb = jax.lax.dynamic_slice_in_dim(kc, start, block, 2).astype(jnp.float32)[:, :, None]
+        vb = jax.lax.dynamic_slice_in_dim(vc, start, block, 2).astype(jnp.float32)[:, :, None]
+        k_pos = start + jnp.arange(block)
+        allowed = (k_pos[None, :] <= pos[:, None]) & (k_pos[None, :] >= j * block)   # [R, B]
+        if window is not None:
+            allowed &= (pos[:, None] - k_pos[None, :]) < window
+        s = jnp.where(allowed[:, None, None], jnp.sum(qg * kb, -1), MASK_VALUE)   # [R, kv, g, B]
+        new_m = jnp.maximum(m, jnp.max(s, -1))
+        p = jnp.exp(s - new_m[..., None])
+        a = jnp.exp(m - new_m)
+        return new_m, total * a + jnp.sum(p, -1), acc * a[..., None] + jnp.sum(p[..., None] * vb, 3)
+
+    init = (jnp.full((r, kvh, h // kvh), MASK_VALUE, jnp.float32),
+            jnp.zeros((r, kvh, h // kvh), jnp.float32), jnp.zeros((r, kvh, h // kvh, d), jnp.float32))
+    _, total, acc = jax.lax.fori_loop(lo, (hi + block - 1) // block, body, init)
+    return (acc / total[..., None]).astype(q.dtype).reshape(r, 1, h * d)
 
 
 def slot_forward(model, ids: jax.Array, slots: jax.Array, start: jax.Array, cache: SlotCache, *,
