@@ -8,7 +8,7 @@ its HLO metadata (stack frames: `_decode_attention` -> attention over the cache,
 -> MLP dots, `sample`/`top_p_filter` -> sampling, ...). Loop ops (while) are not summed: their
 time is their body's ops; "loop and runtime overhead" is the wall time per step minus the ops.
 
-    python bench/decode_profile.py [--steps 40] [--pos 128] [--slots 16]
+    python bench/decode_profile.py [--steps 40] [--pos 128] [--slots 16] [--length L]
 
 Prints the table (ms per step and share of the op time). On a shared machine absolute times
 scale with the load; the shares are what to compare.
@@ -132,13 +132,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--pos", type=int, default=128, help="cache position of every slot")
     parser.add_argument("--slots", type=int, default=16)
+    parser.add_argument("--length", type=int, default=0,
+                        help="cache length L (default: the engine's bucket for pos + new tokens)")
     parser.add_argument("--top", type=int, default=12, help="also list the N costliest ops")
     args = parser.parse_args()
 
     model = init_model(ModelConfig.preset("bench_32m"), seed=0)
     mode = SamplingMode(False, False, True)
     max_new = 4 * args.steps + 8
-    length = bucket_length(args.pos + max_new, minimum=continuous.MIN_CACHE_BUCKET)
+    length = args.length or bucket_length(args.pos + max_new, minimum=continuous.MIN_CACHE_BUCKET)
     fn, params = decode_program(model, args.slots, length, max_new, mode)
     scalars = (stop_id_array(None), np.int32(0), np.float32(1.0), np.int32(0), np.float32(0.9))
 

@@ -10,7 +10,11 @@ weights, float32, sampling at temperature 1 with top-p 0.9 (top-k off).
   it runs every row to the longest, which is what it does when rows end early at EOS).
   transformers runs batches of 32, each to its longest row (what `generate` costs when rows end
   at EOS: finished rows are decoded as padding until the batch's last row ends). Throughput
-  counts useful tokens only (sum of the drawn lengths).
+  counts useful tokens only (sum of the drawn lengths: 9067). Size: the issue's pair-building
+  batch (64 prompts of 16..96 tokens) with the 16..512 spread; one call is ~9k useful tokens for
+  ours, 64 x 511 slot-steps for the static engine and 2 batches x ~500 steps for transformers,
+  which with 3 repeats plus warm-up keeps the whole bench near 15 min on 2 quiet cores
+  (estimated from the fixed workload's step times; a loaded run took 87 s per call for ours).
 
 Engines: ours = `generate(..., engine="continuous")` (default slots), old = `engine="static"`
 (the engine before continuous batching), transformers = LlamaForCausalLM (torch CPU float32,
@@ -24,9 +28,10 @@ holding no row in the tail.
 Where a decode step goes (fixed workload, per step, median of jitted micro-timings): the model
 step (embed + layers + logits) and the sampler (top-p), for the static engine's cache
 ([B, S, kv, D], written by dynamic_update_slice) and ours (slot cache), and how many
-cache-sized copy/transpose ops the compiled decode loop runs per step (from the HLO).
+cache-sized copy/transpose ops the compiled decode loop runs per step (from the HLO). The
+per-op breakdown is `bench/decode_profile.py` (docs/results/bench/decode_profile.md).
 
-    python bench/generate.py            # both workloads, 3 repeats (median); ~15 min on 2 cores
+    python bench/generate.py            # both workloads, 3 repeats (median); ~15 min, 2 cores
 
 writes each workload's report to docs/results/bench/generate_fixed.txt and generate_mixed.txt
 (`--out-dir ''` writes nothing; `--only fixed|mixed`, `--skip-hf`, `--skip-static`,
@@ -90,11 +95,13 @@ def time_ours(model, prompts, budgets, engine, repeats):
         last["out"] = out
 
     traces = sum(gen.TRACE_COUNTS.values())
+    t0 = time.perf_counter()
     call()                                               # warm-up: compiles every bucket
+    warmup = time.perf_counter() - t0
     compiled = sum(gen.TRACE_COUNTS.values()) - traces
     times = time_calls(call, repeats, warmup=0)
     assert sum(gen.TRACE_COUNTS.values()) == traces + compiled, f"{engine} recompiled"
-    return times, last["out"]
+    return times, last["out"], f"warm-up call {warmup:.1f} s ({compiled} programs compiled)"
 
 
 def time_hf(model, prompts, budgets, batch, repeats):
@@ -230,13 +237,14 @@ def main() -> None:
         b, new = FIXED["batch"], FIXED["new"]
         t0 = time.perf_counter()
         say(f"fixed: {b} prompts x {FIXED['prompt']} tokens, {new} new tokens each")
-        ours, out = time_ours(model, fixed, [new] * b, "continuous", args.repeats)
+        ours, out, warm = time_ours(model, fixed, [new] * b, "continuous", args.repeats)
         old = [] if args.skip_static else time_ours(model, fixed, [new] * b, "static",
                                                     args.repeats)[0]
         hf = [] if args.skip_hf else time_hf(model, fixed, [new] * b, b, args.repeats)[0]
         report(say, "fixed", b * new, ours, old, hf,
                f"  ours: {out.stats.segments} decode segments, finished work "
-               f"{out.stats.finished_fraction:.3f}, idle {out.stats.idle_fraction:.3f}\n")
+               f"{out.stats.finished_fraction:.3f}, idle {out.stats.idle_fraction:.3f}; "
+               f"{warm}\n")
         if not args.skip_profile:
             step_profile(model, say)
         say(f"  (fixed section took {time.perf_counter() - t0:.0f} s, load average "
@@ -250,11 +258,11 @@ def main() -> None:
             f"median {np.median(budgets):.0f}), {useful} useful tokens; transformers in "
             f"batches of {MIXED['hf_batch']}")
         t0 = time.perf_counter()
-        ours, out = time_ours(model, mixed, budgets, "continuous", args.repeats)
+        ours, out, warm = time_ours(model, mixed, budgets, "continuous", args.repeats)
         st = out.stats
         extra = (f"  ours: {st.segments} decode segments, {st.prefill_calls} prefill calls, "
                  f"{st.resizes} resizes; finished work {st.finished_fraction:.3f}, idle "
-                 f"{st.idle_fraction:.3f}\n")
+                 f"{st.idle_fraction:.3f}; {warm}\n")
         old = []
         if not args.skip_static:
             old = time_ours(model, mixed, budgets, "static", args.repeats)[0]

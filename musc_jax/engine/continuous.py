@@ -15,8 +15,9 @@ the cache is updated in place):
 The cache length L is fixed for the whole call (the length bucket of the longest prompt plus
 its budget) and a decode step reads the cache only up to its longest live row, so the shapes
 depend on (slots, L) and the prefill group bucket only: refilling slots compiles nothing new,
-and packing compiles one decode program per slot bucket, once per process (`TRACE_COUNTS`). Sampling: row r draws token i from
-fold_in(fold_in(key(seed), r), i), exactly as the static engine, whatever slot it runs in.
+and packing compiles one decode program per slot bucket, once per process (`TRACE_COUNTS`).
+Sampling: row r draws token i from fold_in(fold_in(key(seed), r), i), exactly as the static
+engine, whatever slot it runs in.
 """
 
 from __future__ import annotations

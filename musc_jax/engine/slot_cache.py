@@ -102,8 +102,8 @@ def _decode_attention(q, kc, vc, positions, *, scale, window):
     idle slots and do not count). Online softmax in float32 across blocks: the cost of a step
     follows the rows' current lengths, not the cache's length L, so one L serves a whole call.
 
-    Scores and outputs are multiply-reduce over [R, kv, g, B, D] (XLA:CPU emits the batched
-    (slot, kv) dot with a 1-token M as a slow naive loop; the reduce fuses with the block read).
+    Scores and outputs are multiply-reduce over [R, kv, g, B, D]: XLA:CPU emits the batched
+    (slot, kv) P.V dot with g rows as a naive loop, slower than the reduce (decode_profile.md).
     """
     r, _, h, d = q.shape
     kvh, length = kc.shape[1], kc.shape[2]
@@ -115,7 +115,7 @@ def _decode_attention(q, kc, vc, positions, *, scale, window):
 
     def body(j, carry):
         m, total, acc = carry
-        start = jnp.minimum(j * block, length - block)    # the last block may overlap the one before
+        start = jnp.minimum(j * block, length - block)   # a last block may overlap the one before
         kb = jax.lax.dynamic_slice_in_dim(kc, start, block, 2).astype(jnp.float32)[:, :, None]
         vb = jax.lax.dynamic_slice_in_dim(vc, start, block, 2).astype(jnp.float32)[:, :, None]
         k_pos = start + jnp.arange(block)
@@ -128,8 +128,9 @@ def _decode_attention(q, kc, vc, positions, *, scale, window):
         a = jnp.exp(m - new_m)
         return new_m, total * a + jnp.sum(p, -1), acc * a[..., None] + jnp.sum(p[..., None] * vb, 3)
 
-    init = (jnp.full((r, kvh, h // kvh), MASK_VALUE, jnp.float32),
-            jnp.zeros((r, kvh, h // kvh), jnp.float32), jnp.zeros((r, kvh, h // kvh, d), jnp.float32))
+    g = h // kvh
+    init = (jnp.full((r, kvh, g), MASK_VALUE, jnp.float32), jnp.zeros((r, kvh, g), jnp.float32),
+            jnp.zeros((r, kvh, g, d), jnp.float32))
     _, total, acc = jax.lax.fori_loop(lo, (hi + block - 1) // block, body, init)
     return (acc / total[..., None]).astype(q.dtype).reshape(r, 1, h * d)
 
