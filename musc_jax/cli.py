@@ -126,6 +126,26 @@ def report_user_errors(body: Callable[[], object]) -> object:
         fail(str(e), EXIT_RUN)
 
 
+def leave_group(error: BaseException) -> NoReturn:
+    """Report `error` and end this process of a multi-process run at once.
+
+    A normal exit would wait in jax's shutdown barrier while the other processes wait for this one
+    in their next collective, so the whole job would hang (and the launcher only stops the others
+    once a process has exited). `os._exit` skips both; the message is printed first.
+    """
+    import traceback
+
+    from musc_jax.errors import user_error_types
+
+    if isinstance(error, user_error_types()) and not debug_requested(sys.argv):
+        print(f"{program_name()}: error: {error}", file=sys.stderr)
+    else:
+        traceback.print_exception(error, file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(EXIT_RUN)
+
+
 def run_app(main: Callable[[list[str]], object]) -> None:
     """`app.run(main)` with one-line errors for bad flags and user errors."""
     app.run(lambda argv: report_user_errors(lambda: main(argv)), flags_parser=parse_flags)
@@ -144,7 +164,12 @@ def main_with_config(holder: flags.FlagHolder, body: Callable[[ConfigDict], obje
             logging.getLogger(noisy).setLevel(logging.WARNING)
         config = holder.value
         from musc_jax.distributed import maybe_initialize
-        maybe_initialize(config)
-        body(config)
+        if not maybe_initialize(config):
+            body(config)
+            return
+        try:
+            body(config)
+        except Exception as e:  # noqa: BLE001 - reported below, then the process leaves
+            leave_group(e)
 
     run_app(_main)

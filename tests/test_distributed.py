@@ -68,3 +68,57 @@ def test_shared_storage_check_and_one_decision_with_two_processes(tmp_path):
     assert "processes [1] of 2 do not see what process 0 wrote" in out["local"], out
     assert out["flags"] == [True, False]
     assert not (tmp_path / "shared" / ".musc_shared_check").exists()
+
+
+FAILING = r"""
+from musc_jax import cli
+holder = cli.define_config_flag()
+
+def body(config):
+    import jax
+    from jax.experimental import multihost_utils
+    if jax.process_index() == 1:
+        import os, time
+        open(os.environ["RAISED_AT"], "w").write(str(time.time()))
+        raise RuntimeError("boom in process 1")
+    multihost_utils.sync_global_devices("waits for process 1 forever")
+
+cli.main_with_config(holder, body)
+"""
+
+
+def test_a_failing_process_leaves_at_once_instead_of_hanging_the_job(tmp_path):
+    """Process 1 raises while process 0 waits in a collective: process 1 must print its error and
+    exit (status 1) at once, so the launcher can stop the rest; a normal exit would wait in jax's
+    shutdown barrier for process 0, which waits for process 1: the job would hang."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from test_multihost import REPO, _free_port
+
+    config = tmp_path / "c.py"
+    config.write_text("from musc_jax.config import base_config\n\ndef get_config():\n"
+                      "    return base_config()\n")
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+                   JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid), PYTHONPATH=str(REPO),
+                   RAISED_AT=str(tmp_path / "raised_at"))
+        procs.append(subprocess.Popen([sys.executable, "-c", FAILING, "--config", str(config)],
+                                      env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    try:
+        _, err = procs[1].communicate(timeout=240)
+        exited_after = time.time() - float((tmp_path / "raised_at").read_text())
+        assert procs[1].returncode == 1, err[-3000:]
+        assert "RuntimeError: boom in process 1" in err
+        # Without leave_group it waits ~30 s or more in the shutdown barrier (measured: 48 s).
+        assert exited_after < 10, exited_after
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()

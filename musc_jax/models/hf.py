@@ -24,6 +24,7 @@ from musc_jax.models.config import ConfigError, ModelConfig, config_from_hf, con
 from musc_jax.models.llama import DecoderLM
 from musc_jax.errors import MissingFileError, UserError
 from musc_jax.models.safetensors_io import TensorIndex, write_safetensors
+from musc_jax.multiprocess import barrier
 from musc_jax.sharding import LOGICAL_RULES, state_shardings, variable_sharding
 
 WEIGHTS_NAME = "model.safetensors"
@@ -296,6 +297,8 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, max_shard_size: int |
         (out / "config.json").write_text(json.dumps(config_to_hf(cfg, hf_dtype), indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
+    # The others may read the directory next (the pipeline's after-training eval loads it).
+    barrier(f"save_pretrained {out}")
     return out
 
 
