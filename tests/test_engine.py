@@ -67,7 +67,8 @@ def static_samples(tiny):
     return ref
 
 
-# slots=2 packs the tail through every slot bucket (one decode program each): ~2 min loaded
+# slots=2 refills and packs the most (~20 s on a loaded machine since the cache length is fixed
+# per call; was ~10 min when every length bucket compiled new programs)
 @pytest.mark.parametrize("slots", [pytest.param(2, marks=pytest.mark.slow), 4, 64])
 def test_samples_equal_static_engine_for_any_slot_count(tiny, static_samples, slots):
     ref = static_samples
