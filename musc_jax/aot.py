@@ -13,6 +13,8 @@ Two compiles per config, because `cost_analysis` counts the body of a while loop
   collective-matmul (windowed einsum) loops off, the vocabulary projection in one chunk.
   FLOPs and the estimated time come from it. Its time is the compiler's estimate, not a
   measurement: the implied MFU is labelled as such.
+The splash-attention kernels are Pallas custom calls the compiler has no cost for: their FLOPs
+are counted from the loop-free HLO (`kernel_flops`) and added, at the chip's peak, to the time.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import functools
 import importlib.util
 import math
 import os
+import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -76,6 +80,7 @@ class CompileStats:
     bytes_accessed: float
     est_seconds: float
     compile_s: float
+    kernel_flops: float = 0.0  # Pallas attention kernels (no cost model): see kernel_flops()
 
     @property
     def total(self) -> int:
@@ -84,7 +89,10 @@ class CompileStats:
         return self.argument + self.output - self.alias + self.temp + self.code
 
 
-def compile_stats(lowered, compiler_options: dict | None = None) -> CompileStats:
+def compile_stats(lowered, compiler_options: dict | None = None,
+                  attention: "AttentionDims | None" = None) -> CompileStats:
+    """Compile `lowered` and read its memory and cost analyses (with `attention`, also the
+    FLOPs of its splash-attention kernels: see kernel_flops)."""
     t0 = time.time()
     compiled = lowered.compile(compiler_options=compiler_options or None)
     seconds = time.time() - t0
@@ -96,7 +104,77 @@ def compile_stats(lowered, compiler_options: dict | None = None) -> CompileStats
         alias=int(m.alias_size_in_bytes), temp=int(m.temp_size_in_bytes),
         code=int(m.generated_code_size_in_bytes), flops=float(cost.get("flops", 0.0)),
         bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-        est_seconds=float(cost.get("optimal_seconds", 0.0)), compile_s=seconds)
+        est_seconds=float(cost.get("optimal_seconds", 0.0)), compile_s=seconds,
+        kernel_flops=kernel_flops(compiled.as_text(), attention) if attention else 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionDims:
+    """What one splash call sees per chip: rows (sequences), query heads, T, head_dim, window."""
+
+    rows: int
+    heads: int
+    seq: int
+    head_dim: int
+    window: int | None = None
+
+
+def attention_dims(config, model_cfg, num_devices: int) -> AttentionDims:
+    """Per-chip dimensions of the train step's attention calls (rows of one microbatch over
+    data x fsdp; heads over tensor when it divides them, as musc_jax.models.attention does)."""
+    from musc_jax.memory_plan import resolve_mesh
+    c = config
+    mesh = resolve_mesh(c.mesh, num_devices)
+    pref = c.objective == "preference"
+    rows = int(c.train.batch_size) * (2 if pref else 1) // int(c.optim.grad_accum) // mesh.rows
+    t = mesh.tensor
+    h, kv = model_cfg.num_heads, model_cfg.num_kv_heads
+    heads = h // t if t > 1 and h % t == 0 and kv % t == 0 else h
+    return AttentionDims(rows, heads, int(c.data.max_length), model_cfg.head_dim,
+                         model_cfg.layer_window(0))
+
+
+# Matmuls of T x T x D per (row, head) in each splash kernel: forward QK^T and PV; the dq kernel
+# recomputes QK^T and forms dP = dO V^T and dQ = dS K; the dkv kernel recomputes QK^T and forms
+# dP, dV = P^T dO and dK = dS^T Q.
+_SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
+_SPLASH_CALL = re.compile(r"^\s*(?:ROOT )?%splash_m[hq]a_(fwd|dq|dkv)\S* = .*custom-call\(")
+
+
+def active_block_fraction(t: int, window: int | None) -> float:
+    """Share of the splash kernel's [block, block] tiles of a T x T causal (sliding-window)
+    mask that are not fully masked: the tiles it computes."""
+    from musc_jax.models.attention import _splash_block
+    b = _splash_block(t)
+    n = t // b
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    active = j <= i                                   # a key tile at or before the query tile
+    if window is not None:                            # its nearest key still inside the window
+        active &= (i * b) - (j * b + b - 1) < window
+    return float(active.sum()) / (n * n)
+
+
+def splash_calls(hlo_text: str) -> dict[str, int]:
+    """How many splash kernel calls of each phase (fwd, dq, dkv) a compiled HLO text holds."""
+    calls = {k: 0 for k in _SPLASH_MATMULS}
+    for line in hlo_text.splitlines():
+        m = _SPLASH_CALL.match(line)
+        if m:
+            calls[m.group(1)] += 1
+    return calls
+
+
+def kernel_flops(hlo_text: str, dims: AttentionDims) -> float:
+    """FLOPs of the splash-attention calls in a compiled program's HLO.
+
+    Pallas kernels reach XLA as custom calls without a cost estimate (jax 0.10's splash kernel
+    gives none), so `cost_analysis` counts them as zero. Each call does its phase's matmuls over
+    the tiles the causal mask leaves: matmuls x 2 rows heads T T D x active_block_fraction.
+    Calls inside a while loop are counted once, as `cost_analysis` counts them: use a
+    loop-free program."""
+    per_matmul = (2 * dims.rows * dims.heads * dims.seq * dims.seq * dims.head_dim
+                  * active_block_fraction(dims.seq, dims.window))
+    return float(sum(_SPLASH_MATMULS[k] * n for k, n in splash_calls(hlo_text).items()) * per_matmul)
 
 
 # ----------------------------------------------------------------------------- abstract state
@@ -204,30 +282,35 @@ def loop_free_costs(config, model_cfg, devices, layers: int | None = None) -> Co
     cfg = model_cfg if layers is None else dataclasses.replace(model_cfg, num_layers=layers)
     with _one_logits_chunk(int(config.data.max_length)):
         lf = train_program(_loop_free_config(config), cfg, devices)
-        return compile_stats(lf.fn.lower(*lf.args), LOOP_FREE_OPTIONS)
+        return compile_stats(lf.fn.lower(*lf.args), LOOP_FREE_OPTIONS,
+                             attention_dims(config, cfg, len(devices)))
 
 
-def compile_train(config, model_cfg, devices, extrapolate_above: int = 4
+def compile_train(config, model_cfg, devices, base_layers: tuple[int, int] = (1, 2)
                   ) -> tuple[CompileStats, CompileStats, TrainProgram]:
     """(real program's stats, loop-free costs, the program).
 
-    Unrolling every layer of a deep model makes the loop-free compile the slowest part (minutes
-    for 32 layers). The layers are identical, so the program's FLOPs and estimated time are
-    affine in the layer count: above `extrapolate_above` layers they come from loop-free compiles
-    with 2 and 4 layers, extended to the real count (tests/test_aot.py checks the rule)."""
+    Unrolling every layer of a deep model makes the loop-free compile by far the slowest part
+    (the TPU backend generates code for every unrolled layer: over 20 minutes and 18 GB for
+    4 Llama-3-8B layers on this loaded 2-core machine). The layers are identical, so the
+    program's FLOPs and estimated time are affine in the layer count: above the larger of
+    `base_layers` they come from loop-free compiles with `base_layers` layers, extended to the
+    real count (tests/test_aot.py checks the rule against a direct compile)."""
     prog = train_program(config, model_cfg, devices)
     real = compile_stats(prog.fn.lower(*prog.args))
     n = model_cfg.num_layers
-    if n <= extrapolate_above:
+    lo, hi = base_layers
+    if n <= hi:
         return real, loop_free_costs(config, model_cfg, devices), prog
-    two, four = (loop_free_costs(config, model_cfg, devices, k) for k in (2, 4))
+    a, b = (loop_free_costs(config, model_cfg, devices, k) for k in (lo, hi))
 
-    def ext(a, b):
-        return a + (b - a) / 2 * (n - 2)
+    def ext(x, y):
+        return x + (y - x) / (hi - lo) * (n - lo)
 
     costs = dataclasses.replace(
-        four, flops=ext(two.flops, four.flops), bytes_accessed=ext(two.bytes_accessed, four.bytes_accessed),
-        est_seconds=ext(two.est_seconds, four.est_seconds), compile_s=two.compile_s + four.compile_s)
+        b, flops=ext(a.flops, b.flops), bytes_accessed=ext(a.bytes_accessed, b.bytes_accessed),
+        est_seconds=ext(a.est_seconds, b.est_seconds), kernel_flops=ext(a.kernel_flops, b.kernel_flops),
+        compile_s=a.compile_s + b.compile_s)
     return real, costs, prog
 
 
@@ -286,19 +369,30 @@ class AotReport:
     peak: float
 
     @property
+    def flops(self) -> float:
+        """FLOPs per step per chip: the compiler's count plus the Pallas attention kernels'."""
+        return self.costs.flops + self.costs.kernel_flops
+
+    @property
+    def est_seconds(self) -> float:
+        """The compiler's estimated step time plus the attention kernels at the chip's peak
+        (the compiler has no cost for them; at peak, like its own roofline `optimal_seconds`)."""
+        return self.costs.est_seconds + self.costs.kernel_flops / self.peak
+
+    @property
     def flops_per_token(self) -> float:
-        return self.costs.flops / self.tokens_per_chip
+        return self.flops / self.tokens_per_chip
 
     @property
     def est_us_per_token(self) -> float:
-        return self.costs.est_seconds / self.tokens_per_chip * 1e6
+        return self.est_seconds / self.tokens_per_chip * 1e6
 
     @property
     def est_mfu(self) -> float:
-        """6 N FLOPs per token (model FLOPs, no recomputation) over the compiler's estimated time."""
-        if self.costs.est_seconds <= 0:
+        """6 N FLOPs per token (model FLOPs, no recomputation) over the estimated step time."""
+        if self.est_seconds <= 0:
             return float("nan")
-        return 6 * self.num_params * self.tokens_per_chip / self.costs.est_seconds / self.peak
+        return 6 * self.num_params * self.tokens_per_chip / self.est_seconds / self.peak
 
     def summary_line(self) -> str:
         return (f"aot: topology={self.topology} tokens_per_chip={self.tokens_per_chip} "
@@ -325,31 +419,47 @@ def format_report(r: AotReport, plan=None) -> str:
         lines.append(f"    planner ({plan.profile.name} profile): persistent {g(plan.persistent)}   "
                      f"total {g(plan.total())}   (compiler / planner = "
                      f"{m.total / max(plan.total(), 1):.2f})")
+    k = r.costs.kernel_flops
     lines += [
         "  train step costs (loop-free compile: layers unrolled, collective matmul off, one "
-        "logits chunk; above 4 layers extended from 2- and 4-layer compiles):",
-        f"    compiler FLOPs {r.costs.flops:.3e} per step = {r.flops_per_token / 1e9:.1f} G per token "
-        f"(6N = {6 * r.num_params / 1e9:.1f} G; N = {r.num_params / 1e9:.2f} B params)",
-        f"    compiler's estimated step time {r.costs.est_seconds:.3f} s = "
-        f"{r.est_us_per_token:.1f} us per token per chip",
-        f"    MFU implied by the compiler's estimate (6N tokens / est. time / "
-        f"{r.peak / 1e12:.0f} TFLOP/s): {r.est_mfu:.3f}",
+        "logits chunk; above 2 layers extended from 1- and 2-layer compiles):",
+        f"    compiler FLOPs {r.costs.flops:.3e} per step, estimated time {r.costs.est_seconds:.3f} s",
+        f"    + splash-attention kernels (no compiler cost; counted from the HLO, at peak): "
+        f"{k:.3e} FLOPs, {k / r.peak:.3f} s",
+        f"    = {r.flops_per_token / 1e9:.1f} G FLOPs per token (6N = {6 * r.num_params / 1e9:.1f} G; "
+        f"N = {r.num_params / 1e9:.2f} B params), {r.est_us_per_token:.1f} us per token per chip",
+        f"    MFU implied by the estimate (6N tokens / est. time / "
+        f"{r.peak / 1e12:.0f} TFLOP/s): {r.est_mfu:.3f} (compiler's part alone, kernels as "
+        f"free: {r.costs.flops / r.tokens_per_chip / 1e9:.1f} G per token, "
+        f"MFU {6 * r.num_params * r.tokens_per_chip / max(r.costs.est_seconds, 1e-30) / r.peak:.3f})",
     ]
     if r.generate is not None:
-        lines.append(f"  generation (prefill + decode loop): total {g(r.generate.total)} "
-                     f"(temporaries {g(r.generate.temp)}), compile {r.generate.compile_s:.0f} s")
+        lines.append(format_generation(r))
     lines.append(r.summary_line())
     return "\n".join(lines)
 
 
-def aot_report(config, model_cfg, generation: bool = True) -> AotReport:
+def format_generation(r: AotReport) -> str:
+    g = r.generate
+    return (f"  generation (prefill + decode loop): total {g.total / GiB:.2f} GiB "
+            f"(temporaries {g.temp / GiB:.2f} GiB), compile {g.compile_s:.0f} s")
+
+
+def aot_report(config, model_cfg, generation: bool = True,
+               on_train: Callable[[AotReport], None] | None = None) -> AotReport:
+    """Compile the config's train step (and generation loop) for its TPU topology.
+    `on_train` is called with the train step's report before the generation loop compiles."""
     topology = str(config.plan.get("topology", "") or "")
     if not topology:
         raise ValueError("plan.aot=tpu needs plan.topology (a TPU slice such as v5p:2x4x4); the "
                          "TPU presets of configs/llama3_8b_*.py set it, e.g. <config>.py:v5p64")
     devices = topology_devices(topology)
     real, costs, prog = compile_train(config, model_cfg, devices)
-    gen = compile_generate(config, model_cfg, devices) if generation else None
-    return AotReport(topology=topology, chips=len(devices), tokens_per_chip=prog.tokens_per_chip,
-                     num_params=prog.num_params, real=real, costs=costs, generate=gen,
-                     peak=peak_flops(topology))
+    report = AotReport(topology=topology, chips=len(devices), tokens_per_chip=prog.tokens_per_chip,
+                       num_params=prog.num_params, real=real, costs=costs, generate=None,
+                       peak=peak_flops(topology))
+    if on_train is not None:
+        on_train(report)
+    if generation:
+        report.generate = compile_generate(config, model_cfg, devices)
+    return report

@@ -76,11 +76,16 @@ def _main(argv) -> None:
         from musc_jax import aot as aot_lib
         print(flush=True)
         try:
-            report = aot_lib.aot_report(config, p.model_cfg, generation=_GENERATE.value)
+            # The train step's report first (the generation loop compiles for a while longer).
+            report = aot_lib.aot_report(config, p.model_cfg, generation=_GENERATE.value,
+                                        on_train=lambda r: print(aot_lib.format_report(r, p),
+                                                                 flush=True))
         except ValueError as e:
             print(f"musc_jax.plan: {e}", file=sys.stderr)
             sys.exit(2)
-        print(aot_lib.format_report(report, p))
+        if report.generate is not None:  # and the summary line again: the output's last line
+            print(aot_lib.format_generation(report))
+            print(report.summary_line())
 
 
 if __name__ == "__main__":
