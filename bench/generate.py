@@ -13,8 +13,9 @@ weights, float32, sampling at temperature 1 with top-p 0.9 (top-k off).
   counts useful tokens only (sum of the drawn lengths: 9067). Size: the issue's pair-building
   batch (64 prompts of 16..96 tokens) with the 16..512 spread; one call is ~9k useful tokens for
   ours, 64 x 511 slot-steps for the static engine and 2 batches x ~500 steps for transformers,
-  which with 3 repeats plus warm-up keeps the whole bench near 15 min on 2 quiet cores
-  (estimated from the fixed workload's step times; a loaded run took 87 s per call for ours).
+  measured on 2 quiet cores: ours 40 s a call (warm-up 71 s), the static engine 231 s,
+  transformers 126 s, so the mixed workload takes about 25 min with 3 repeats and the fixed
+  one under 2 min.
 
 Engines: ours = `generate(..., engine="continuous")` (default slots), old = `engine="static"`
 (the engine before continuous batching), transformers = LlamaForCausalLM (torch CPU float32,
@@ -31,7 +32,7 @@ step (embed + layers + logits) and the sampler (top-p), for the static engine's 
 cache-sized copy/transpose ops the compiled decode loop runs per step (from the HLO). The
 per-op breakdown is `bench/decode_profile.py` (docs/results/bench/decode_profile.md).
 
-    python bench/generate.py            # both workloads, 3 repeats (median); ~15 min, 2 cores
+    python bench/generate.py            # both workloads, 3 repeats (median); ~27 min, 2 cores
 
 writes each workload's report to docs/results/bench/generate_fixed.txt and generate_mixed.txt
 (`--out-dir ''` writes nothing; `--only fixed|mixed`, `--skip-hf`, `--skip-static`,
