@@ -155,10 +155,10 @@ class Trainer:
             counted, in_shardings=(self.param_shardings, self.opt_shardings, batch_sh, ref_sh),
             out_shardings=(self.param_shardings, self.opt_shardings, replicated),
             donate_argnums=(0, 1))
-        # Eval batches have no microbatch axis (grad_accum applies to training only): their rows
-        # lie on axis 0, where a training batch with grad_accum > 1 has its microbatches.
-        eval_batch_sh = NamedSharding(self.mesh, P(("data", "fsdp")))
-        self._eval_step = jax.jit(eval_fn, in_shardings=(self.param_shardings, eval_batch_sh, ref_sh),
+        # Eval batches have no microbatch axis: their rows lie on axis 0, where a training batch
+        # with grad_accum > 1 has its microbatches.
+        eval_sh = self.data.eval_batch_sharding
+        self._eval_step = jax.jit(eval_fn, in_shardings=(self.param_shardings, eval_sh, ref_sh),
                                   out_shardings=replicated)
 
         def flat_eval(params, batch, ref_params):  # microbatches (grad_accum) as one batch

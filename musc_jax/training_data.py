@@ -37,11 +37,20 @@ REF_FIELDS = {"chosen": "ref_chosen_token_logps", "rejected": "ref_rejected_toke
 class TrainingData:
     train_loader: PairLoader
     eval_tokenized: Tokenized | None
-    batch_sharding: NamedSharding
     total_steps: int
     mesh: Mesh
     grad_accum: int
     eval_batch_size: int
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        """A training batch's arrays: [accum, B, T] with grad_accum > 1, else [B, T]."""
+        return _sharding(self.mesh, 2, self.grad_accum > 1)
+
+    @property
+    def eval_batch_sharding(self) -> NamedSharding:
+        """An eval batch's arrays: [B, T] (grad_accum applies to training only)."""
+        return _sharding(self.mesh, 2, False)
 
     def _place(self, batch: dict[str, np.ndarray], accum: int) -> dict[str, jax.Array]:
         out = {}
@@ -173,7 +182,7 @@ def precompute_reference(graphdef, params, tok: Tokenized, c: ConfigDict, mesh: 
         log.info("reference log-probs loaded from %s", cache)
         return
 
-    sharding = NamedSharding(mesh, P(("data", "fsdp"), None))
+    sharding = _sharding(mesh, 2, False)
 
     @jax.jit
     def score(params, ids, mask, resp):
@@ -268,7 +277,6 @@ def build_training_data(c: ConfigDict, tokenizer, mesh: Mesh, graphdef, params, 
             log.warning("%s: the last %d of %d eval rows do not fill a batch of %d and are not "
                         "evaluated", c.data.eval, left, n_eval, eval_bs)
     return TrainingData(train_loader=loader, eval_tokenized=evals,
-                        batch_sharding=_sharding(mesh, 2, c.optim.grad_accum > 1),
                         total_steps=total, mesh=mesh, grad_accum=c.optim.grad_accum,
                         eval_batch_size=eval_bs)
 
