@@ -24,12 +24,9 @@ class MissingFileError(UserError, FileNotFoundError):
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types the CLIs report as one message without a traceback.
 
-    UserError and its subclasses, plus the validation errors of modules that predate it (their
-    messages already name the file, row and field). Imported here, lazily, so that this module
-    stays importable from anywhere without cycles.
+    UserError (every named error of the package derives from it) and NonFiniteError, which stays
+    a FloatingPointError for callers that catch that; its message names the step and the
+    quantity. Imported lazily, so that this module stays importable from anywhere without cycles.
     """
-    from musc_jax.data.batching import BatchingError
-    from musc_jax.data.seeds import SeedFormatError
     from musc_jax.metrics import NonFiniteError
-    from musc_jax.models.config import ConfigError
-    return (UserError, BatchingError, SeedFormatError, ConfigError, NonFiniteError)
+    return (UserError, NonFiniteError)

@@ -52,6 +52,13 @@ def _evaluate(config: ConfigDict, model_path: str, out: Path, items) -> dict[str
 def _train(config: ConfigDict, model_path: str, data: str, workdir: Path, objective: str) -> str:
     """One training run from `model_path` on `data`; returns the exported model directory."""
     from musc_jax.trainer import run
+    run(_train_config(config, model_path, data, workdir, objective))
+    return str(workdir / "export")
+
+
+def _train_config(config: ConfigDict, model_path: str, data: str, workdir: Path,
+                  objective: str) -> ConfigDict:
+    """The plain training config of one of the pipeline's training runs."""
     c = copy.deepcopy(config)
     with c.unlocked():
         c.model.path = model_path
@@ -66,8 +73,24 @@ def _train(config: ConfigDict, model_path: str, data: str, workdir: Path, object
         for key in ("pipeline", "build", "eval"):
             if key in c:
                 del c[key]
-    run(c)
-    return str(workdir / "export")
+    return c
+
+
+def check_pipeline_config(config: ConfigDict) -> None:
+    """A UserError for a bad value anywhere in a pipeline config, before the first (slow)
+    evaluation: the training settings as each training run will see them, and the pairs build's."""
+    from musc_jax.config import validate
+    from musc_jax.data.builders.run import check_build_config
+    model = config.model.path or str(base_model_dir())
+    placeholder = "<the pairs this pipeline builds>"
+    validate(_train_config(config, model, placeholder, Path(config.workdir), "preference"))
+    if config.build.pairs.method == "spar" and config.pipeline.train_refiner:
+        try:
+            validate(_train_config(config, model, placeholder, Path(config.workdir), "sft"))
+        except UserError as e:
+            raise UserError(f"the SPaR refiner's training (pipeline.refiner_lr and refiner_epochs "
+                            f"become its optim.lr and train.epochs): {e}") from None
+    check_build_config(config.build, prefix="build.")
 
 
 def _given_pairs(path: str) -> tuple[str, dict[str, Any]]:
@@ -109,6 +132,7 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
         raise UserError(f"config pipeline.pairs={given!r} trains once on fixed pairs, but "
                         f"pipeline.iterations={p.iterations}: set iterations=1 or pairs=''")
     given_pairs = _given_pairs(given) if given else None   # checked before the slow evaluation
+    check_pipeline_config(config)
 
     t = time.time()
     before = _evaluate(config, model_path, workdir / "eval_before.json", items) if p.eval_before else None
@@ -170,5 +194,6 @@ def run_pipeline(config: ConfigDict) -> dict[str, Any]:
     if jax.process_index() == 0:
         title = p.get("title", "") or f"microworld: {p.recipe}"   # a real model's config names it
         report = write_report(workdir, title, before, after, stats, timings)
+        (workdir / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")   # seconds
         log.info("report: %s", report)
     return {"before": before, "after": after, "stats": stats}

@@ -237,6 +237,13 @@ def cases(root: Path) -> list[Case]:
              [*export, wd("w_done"), "--step=7"]),
         Case("export", "the old documented --config.export.out", "export",
              [*export, wd("w_done"), f"--config.export.out={root / 'x'}"]),
+        # ---- the pipeline (musc_jax.train with a pipeline section): refused before the evaluation
+        Case("pipeline", "a training value that cannot work (grad_accum does not divide the batch)",
+             "train", ["--config", "configs/microworld.py", f"--config.workdir={root / 'p_accum'}",
+                       "--config.optim.grad_accum=5", "--config.eval.limit=4"]),
+        Case("pipeline", "a misspelt builder choice (build.musc.decomposer)", "train",
+             ["--config", "configs/microworld.py", f"--config.workdir={root / 'p_dec'}",
+              "--config.build.musc.decomposer=oracle", "--config.eval.limit=4"]),
         # ---- pairs, plan
         Case("pairs", "unknown method", "pairs", ["--config", "configs/pairs_musc.py", "--config.pairs.method=magic",
                                                   f"--config.pairs.out_dir={root / 'pairs_out'}"]),

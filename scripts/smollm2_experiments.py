@@ -9,7 +9,13 @@ only) trains on the pairs the `musc` run of the same seed built (`pipeline.pairs
 compare the loss on identical data. After the `--seeds` sweep, `--best-seeds` runs the two
 variants with the highest mean prompt-level strict accuracy again at those seeds (three seeds
 for the best two, as the issue asks). Finished runs are skipped when the script is started
-again.
+again. The default job, run as
+
+    python -m musc_jax.train --config configs/smollm2_musc.py \
+        --config.workdir=runs/smollm2_experiments/musc_seed0
+
+(plus a `wall_time.json` of `{"seconds": ...}` beside it), is the `musc` seed-0 row, and its
+evaluation before training is the base row.
 
 Per run, a summary (eval metrics before/after, pair stats, the signal, the config, wall time)
 is written to `docs/results/smollm2/<variant>_seed<k>.json`; the table (mean and spread over
@@ -70,7 +76,17 @@ def _train(overrides: list[str], workdir: Path) -> float:
     t = time.time()
     with open(workdir / "log.txt", "w") as f:
         subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
-    return time.time() - t
+    wall = time.time() - t
+    (workdir / "wall_time.json").write_text(json.dumps({"seconds": wall, "command": cmd[1:]}) + "\n")
+    return wall
+
+
+def _wall(workdir: Path, phase: str | None = None) -> float:
+    """A finished run's wall time: one phase from the pipeline's timings.json, or the whole
+    process from wall_time.json (written by `_train`, or by hand for a run started outside)."""
+    if phase is not None:
+        return json.loads((workdir / "timings.json").read_text())[phase]
+    return json.loads((workdir / "wall_time.json").read_text())["seconds"]
 
 
 def _metrics(path: Path) -> dict[str, float] | None:
@@ -83,14 +99,15 @@ def _metrics(path: Path) -> dict[str, float] | None:
 def summarise(name: str, seed: int | None, workdir: Path, wall_s: float) -> dict:
     """The committed record of one run (what the table is built from)."""
     stats_path = workdir / "build" / "stats.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
-    label, signal, overrides = VARIANTS.get(name, ("base model", "none", []))
+    # The base row is only an evaluation (possibly the one a training run made before training).
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() and name != "base" else {}
+    label, signal, overrides = VARIANTS.get(name, ("base model", "-", []))
     config = workdir / "config.json"
     return {"variant": name, "label": label, "seed": seed,
             "signal": stats.get("signal") or stats.get("builder", {}).get("signal") or signal,
             "pairs": stats.get("pairs"), "overrides": overrides,
             "before": _metrics(workdir / "eval_before.json"),
-            "after": _metrics(workdir / "eval_after.json"),
+            "after": None if name == "base" else _metrics(workdir / "eval_after.json"),
             "negativity_rate": stats.get("negativity_rate"), "wall_s": round(wall_s, 1),
             "config": json.loads(config.read_text()) if config.is_file() else None}
 
@@ -104,6 +121,8 @@ def _write_summary(summary: dict) -> None:
 def run_variant(name: str, seed: int, out: Path, extra: list[str]) -> None:
     wd = out / f"{name}_seed{seed}"
     if (wd / "eval_after.json").exists():
+        if not (SUMMARIES / f"{name}_seed{seed}.json").exists():   # e.g. the default run, by hand
+            _write_summary(summarise(name, seed, wd, _wall(wd)))
         return
     overrides = list(VARIANTS[name][2])
     if name in SHARED_PAIRS:
@@ -173,7 +192,14 @@ def main() -> None:
         write_table()
         return
     base = args.out / "base"
-    if not (base / "eval_before.json").exists():
+    # The default job (`musc` seed 0 run with its evaluation before training, as README shows)
+    # already evaluated the base model, greedily: that evaluation is the base row.
+    default = args.out / "musc_seed0"
+    if (SUMMARIES / "base.json").exists():
+        pass
+    elif (default / "eval_before.json").exists():
+        _write_summary(summarise("base", None, default, _wall(default, "eval before")))
+    else:
         wall = _train(["--config.pipeline.iterations=0", "--config.pipeline.eval_after=False",
                        *args.extra], base)
         _write_summary(summarise("base", None, base, wall))

@@ -261,6 +261,37 @@ def load_model_policy(model_cfg: ConfigDict, path: str | None = None) -> ModelPo
     return ModelPolicy(model, tokenizer, batch_size=int(model_cfg.batch_size), mesh=mesh)
 
 
+def check_build_config(config: ConfigDict, prefix: str = "") -> None:
+    """A UserError for a bad value in a pairs config, before any model loads or work starts
+    (`build_pairs` calls it; the pipeline calls it, with prefix "build.", before its first
+    evaluation). `prefix`: where the section sits in the user's config, for the message."""
+    method = config.pairs.method
+    if method not in METHODS:
+        raise UserError(f"config {prefix}pairs.method={method!r}: choose one of {', '.join(METHODS)}")
+    builder_fn(method)
+    if config.data.source not in seed_sources():
+        raise UserError(f"config {prefix}data.source={config.data.source!r}: choose one of "
+                        f"{', '.join(seed_sources())} (a generated source is registered by "
+                        "importing its package)")
+    if config.data.on_error not in ON_ERROR:
+        raise UserError(f"config {prefix}data.on_error={config.data.on_error!r}: choose one of "
+                        f"{ON_ERROR}")
+    kind = config.weights.kind
+    if kind != "none" and kind not in WEIGHT_KINDS:
+        raise UserError(f"config {prefix}weights.kind={kind!r}: choose one of "
+                        f"{', '.join(WEIGHT_KINDS)}, none")
+    if kind != "none":
+        config_from(WeightConfig, config.weights, f"{prefix}weights")
+    if int(config.pairs.shard_size) < 1:
+        raise UserError(f"config {prefix}pairs.shard_size must be >= 1, got {config.pairs.shard_size}")
+    from musc_jax.data.builders.baselines import RandomConfig, SelfRewardConfig
+    from musc_jax.data.builders.spar import SparConfig
+    section = {"musc": MuscConfig, "ecd": EcdConfig, "spar": SparConfig,
+               "self_reward": SelfRewardConfig, "random": RandomConfig}.get(method)
+    if section is not None:
+        config_from(section, config[method] if method in config else None, f"{prefix}{method}")
+
+
 def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Policy | None = None,
                 checker: Callable | None = None, model=None, tokenizer=None,
                 **builder_kwargs) -> PairsRun:
@@ -276,21 +307,10 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
 
     method = config.pairs.method
     fn = builder_fn(method)
-    if config.data.source not in seed_sources():
-        raise UserError(f"data.source={config.data.source!r}: choose one of "
-                        f"{', '.join(seed_sources())} (a generated source is registered by "
-                        "importing its package)")
-    if config.data.on_error not in ON_ERROR:
-        raise UserError(f"data.on_error={config.data.on_error!r}: choose one of {ON_ERROR}")
+    check_build_config(config)
     kind = config.weights.kind
-    if kind != "none" and kind not in WEIGHT_KINDS:
-        raise UserError(f"weights.kind={kind!r}: choose one of {', '.join(WEIGHT_KINDS)}, none")
     wcfg = None if kind == "none" else WeightConfig.from_mapping(config.weights)
-    if int(config.pairs.shard_size) < 1:
-        raise UserError(f"pairs.shard_size must be >= 1, got {config.pairs.shard_size}")
     section = config[method] if method in config else None
-    if method in ("musc", "ecd"):   # fail before any work on a bad value
-        config_from(MuscConfig if method == "musc" else EcdConfig, section)
 
     out_dir = Path(config.pairs.out_dir)
     pairs_dir = out_dir / PAIRS_SUBDIR
