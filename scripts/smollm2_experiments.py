@@ -109,7 +109,27 @@ def summarise(name: str, seed: int | None, workdir: Path, wall_s: float) -> dict
             "before": _metrics(workdir / "eval_before.json"),
             "after": None if name == "base" else _metrics(workdir / "eval_after.json"),
             "negativity_rate": stats.get("negativity_rate"), "wall_s": round(wall_s, 1),
+            "timings_s": (json.loads((workdir / "timings.json").read_text())
+                          if (workdir / "timings.json").is_file() else None),
             "config": json.loads(config.read_text()) if config.is_file() else None}
+
+
+def eval_throughput(workdir: Path, which: str = "before") -> dict | None:
+    """Generated tokens of a run's evaluation (its responses re-tokenised with the model's
+    tokenizer) over that evaluation's wall time from timings.json (model load and compilation
+    included): the generation speed a user sees on this model."""
+    ev, timings = workdir / f"eval_{which}.json", workdir / "timings.json"
+    if not (ev.is_file() and timings.is_file()):
+        return None
+    from transformers import AutoTokenizer
+    config = json.loads((workdir / "config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(config["model"]["path"])
+    items = json.loads(ev.read_text())["items"]
+    tokens = sum(len(tok(it["response"], add_special_tokens=False)["input_ids"]) for it in items)
+    seconds = json.loads(timings.read_text())[f"eval {which}"]
+    return {"responses": len(items), "tokens": tokens, "seconds": round(seconds, 1),
+            "tokens_per_s": round(tokens / seconds, 1),
+            "max_new_tokens": config["eval"]["max_new_tokens"]}
 
 
 def _write_summary(summary: dict) -> None:
@@ -198,7 +218,9 @@ def main() -> None:
     if (SUMMARIES / "base.json").exists():
         pass
     elif (default / "eval_before.json").exists():
-        _write_summary(summarise("base", None, default, _wall(default, "eval before")))
+        summary = summarise("base", None, default, _wall(default, "eval before"))
+        _write_summary({**summary, "timings_s": {"eval before": summary["wall_s"]},
+                        "eval_generation": eval_throughput(default), "from_run": "musc_seed0"})
     else:
         wall = _train(["--config.pipeline.iterations=0", "--config.pipeline.eval_after=False",
                        *args.extra], base)
