@@ -1,12 +1,14 @@
 """Try bad inputs against the real CLIs and write the message each gives (issue 11).
 
-    python scripts/hard_edges_table.py [--out docs/results/hard_edges.md] [--only SUBSTRING]
+    python scripts/hard_edges_table.py [--out docs/results/hard_edges.md] [--only SUBSTRING ...]
+        [--merge]
 
 Every case runs `python -m musc_jax.<tool> ...` in a fresh subprocess on CPU, against a tiny
 random model and small files made in a temporary directory, and records the exit status, the
 error message (stderr's `<tool>: error:` line, else its last line) and whether a traceback was
 printed. A few cases check what is on disk afterwards (nothing saved, metrics not repeated). The
-table is rewritten from scratch on every run.
+table is rewritten from scratch on every run; with `--merge`, only the `--only` cases run and
+their rows replace (or join, in case order) the rows of the existing table, which says so.
 """
 
 from __future__ import annotations
@@ -261,7 +263,23 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def write_table(results: list[dict], out: Path, total_s: float) -> None:
+def read_table(path: Path) -> tuple[dict[str, dict], list[str]]:
+    """The rows of an existing table by "area/bad input", and its lines of notes (the text
+    between the counts line and the table)."""
+    rows, notes, lines = {}, [], path.read_text().splitlines()
+    for line in lines:
+        if re.match(r"\| \d+ \|", line):
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            _, area, what, tool, rc, tb, message = cells
+            rows[f"{area}/{what}"] = {"area": area, "what": what, "tool": tool, "rc": int(rc),
+                          "traceback": tb == "yes", "message": message}
+    counts = next(i for i, x in enumerate(lines) if re.match(r"\d+ inputs, ", x))
+    table = next(i for i, x in enumerate(lines) if x.startswith("| # |"))
+    notes = [x for x in lines[counts + 1:table] if x.strip()]
+    return rows, notes
+
+
+def write_table(results: list[dict], out: Path, total_s: float, notes: list[str] = ()) -> None:
     lines = [
         "# Hard edges: bad inputs and the message each gives",
         "",
@@ -273,8 +291,10 @@ def write_table(results: list[dict], out: Path, total_s: float) -> None:
         "[brackets] is what the script found on disk afterwards.",
         "",
         f"{len(results)} inputs, {sum(r['rc'] != 0 for r in results)} refused, "
+        f"{sum(r['rc'] == 0 for r in results)} ran (exit 0), "
         f"{sum(r['traceback'] for r in results)} with a traceback; "
         f"{total_s / 60:.1f} min in all (on a shared, loaded machine).",
+        *[x for note in notes for x in ("", note)],
         "",
         "| # | area | bad input | tool | exit | tb | message |",
         "|---|---|---|---|---|---|---|",
@@ -289,13 +309,19 @@ def write_table(results: list[dict], out: Path, total_s: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "hard_edges.md"))
-    ap.add_argument("--only", default="", help="run only cases whose description contains this")
+    ap.add_argument("--only", nargs="*", default=[],
+                    help="run only cases whose description contains one of these")
+    ap.add_argument("--merge", action="store_true",
+                    help="replace / add the --only rows in the existing table instead of rewriting it")
     ap.add_argument("--jobs", type=int, default=3, help="cases run at the same time")
     args = ap.parse_args()
+    if args.merge and not args.only:
+        ap.error("--merge needs --only: the cases to rerun")
     root = Path(tempfile.mkdtemp(prefix="hard_edges_"))
     t0 = time.time()
     try:
-        todo = [c for c in cases(root) if not args.only or args.only in c.what]
+        every = cases(root)
+        todo = [c for c in every if not args.only or any(o in c.what for o in args.only)]
         # Cases sharing a workdir depend on each other's order: one chain per workdir.
         chains: dict[str, list[int]] = {}
         for i, c in enumerate(todo):
@@ -317,8 +343,22 @@ def main() -> None:
             list(pool.map(run_chain, sorted(chains.values(), key=len, reverse=True)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    write_table(results, Path(args.out), time.time() - t0)
-    print(f"wrote {args.out}")
+    if not args.merge:
+        write_table(results, Path(args.out), time.time() - t0)
+        print(f"wrote {args.out}")
+        return
+    old, notes = read_table(Path(args.out))
+    total = float(re.search(r"; ([\d.]+) min in all", Path(args.out).read_text()).group(1)) * 60
+    new = {f"{r['area']}/{r['what']}": r for r in results}
+    merged = [new.get(f"{c.area}/{c.what}") or old.get(f"{c.area}/{c.what}") for c in every]
+    missing = [c.what for c, r in zip(every, merged) if r is None]
+    if missing:
+        raise SystemExit(f"--merge: no row for {missing} in {args.out}; run them with --only too")
+    numbers = [i for i, c in enumerate(every, 1) if f"{c.area}/{c.what}" in new]
+    notes.append(f"Rows {', '.join(map(str, numbers))} were (re)run alone with `--merge --only` "
+                 f"({time.time() - t0:.0f} s), the rest come from the run above.")
+    write_table(merged, Path(args.out), total, notes)
+    print(f"merged {len(numbers)} rows into {args.out}")
 
 
 if __name__ == "__main__":

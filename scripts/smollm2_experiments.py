@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -96,6 +97,24 @@ def _metrics(path: Path) -> dict[str, float] | None:
     return {k: d[k] for k in METRICS}
 
 
+def paired_change(workdir: Path) -> dict | None:
+    """Prompts (prompt-level strict) the trained model passes that the base failed, and the
+    reverse, against the base evaluation beside the run (the default run's, or base/), with the
+    two-sided exact McNemar p-value: a +3 points on 120 prompts may be 4 prompts net."""
+    after = workdir / "eval_after.json"
+    base = next((f for f in (workdir.parent / "musc_seed0" / "eval_before.json",
+                             workdir.parent / "base" / "eval_before.json") if f.is_file()), None)
+    if base is None or not after.is_file():
+        return None
+    before = {i["key"]: bool(i["strict"]) for i in json.loads(base.read_text())["items"]}
+    now = {i["key"]: bool(i["strict"]) for i in json.loads(after.read_text())["items"]}
+    gained = sum(now[k] and not before[k] for k in now)
+    lost = sum(before[k] and not now[k] for k in now)
+    n, k = gained + lost, min(gained, lost)
+    tail = sum(math.comb(n, j) for j in range(k + 1)) / 2 ** n if n else 1.0
+    return {"gained": gained, "lost": lost, "mcnemar_p": round(min(1.0, 2 * tail), 3)}
+
+
 def summarise(name: str, seed: int | None, workdir: Path, wall_s: float) -> dict:
     """The committed record of one run (what the table is built from)."""
     stats_path = workdir / "build" / "stats.json"
@@ -108,6 +127,7 @@ def summarise(name: str, seed: int | None, workdir: Path, wall_s: float) -> dict
             "pairs": stats.get("pairs"), "overrides": overrides,
             "before": _metrics(workdir / "eval_before.json"),
             "after": None if name == "base" else _metrics(workdir / "eval_after.json"),
+            "paired": None if name == "base" else paired_change(workdir),
             "negativity_rate": stats.get("negativity_rate"), "wall_s": round(wall_s, 1),
             "timings_s": (json.loads((workdir / "timings.json").read_text())
                           if (workdir / "timings.json").is_file() else None),
@@ -164,6 +184,11 @@ def _mean_sd(xs: list[float]) -> str:
     return f"{100 * statistics.mean(xs):.1f} ± {100 * sd:.1f}"
 
 
+def _paired_cell(runs: list[dict]) -> str:
+    cells = [f"{p['gained']} / {p['lost']} ({p['mcnemar_p']})" for r in runs if (p := r.get("paired"))]
+    return "; ".join(cells) or "-"
+
+
 def write_table() -> dict:
     """results.md / .json from the summaries under docs/results/smollm2."""
     runs = [json.loads(p.read_text()) for p in sorted(SUMMARIES.glob("*.json"))]
@@ -171,8 +196,9 @@ def write_table() -> dict:
     for r in runs:
         groups.setdefault(r["variant"], []).append(r)
     lines = ["| variant | signal | seeds | pairs | prompt-level strict (%) | "
-             "instruction-level strict (%) | prompt-level loose (%) | wall (min) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "instruction-level strict (%) | prompt-level loose (%) | prompts gained / lost vs "
+             "base (McNemar p) | wall (min) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     table = {}
     for name in ["base", *VARIANTS]:
         rs = groups.get(name, [])
@@ -187,7 +213,7 @@ def write_table() -> dict:
                      f"{round(statistics.mean(pairs)) if pairs else '-'} | "
                      f"{_mean_sd(vals['prompt_level_strict'])} | "
                      f"{_mean_sd(vals['instruction_level_strict'])} | "
-                     f"{_mean_sd(vals['prompt_level_loose'])} | "
+                     f"{_mean_sd(vals['prompt_level_loose'])} | {_paired_cell(rs)} | "
                      f"{statistics.mean(r['wall_s'] for r in rs) / 60:.0f} |")
     text = "\n".join(lines) + "\n\n± is the standard deviation over seeds; ifeval_dev, greedy.\n"
     TABLE.with_suffix(".md").write_text(text)
