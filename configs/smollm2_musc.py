@@ -31,8 +31,10 @@ generation at ~70 tokens/s (the issue measured ~36/s with other jobs running):
   training              128 pairs x 2 epochs, batches of 8 (4 microbatches    ~23 min
                         of 2 pairs, for memory), lr 5e-6 cosine, 3 warm-up
 plus model loads and compilation: about 70 minutes. Pairs are at most 512 tokens (prompt at
-most 256; longer ones are skipped and counted). These are estimates; the README gives the
-measured wall time of the run.
+most 256; longer ones are skipped and counted). Measured on the 2 cores with nothing else
+running (seed 0, docs/results/smollm2_default_seed0): 75 minutes in all; eval 511 s before and
+410 s after, pairs with KL weights 1,334 s, reference log-probs 5.6 min and 32 training steps
+of median 54 s (2,249 s together); peak RSS 12.9 GB.
 
 Variants (`--config.` overrides; scripts/smollm2_experiments.py runs them all):
   build.pairs.method=random            random pairs (two samples, coin flip), with loss.a_tok=0
