@@ -83,7 +83,8 @@ def comparison_table(before: Mapping[str, Any] | None, after: Mapping[str, Any] 
         a = after.get(key) if after else None
         delta = "-" if a is None or b is None else f"{100 * (a - b):+.1f}"
         rows.append(f"| {key} | {_pct(b)} | {_pct(a)} | {delta} |")
-    (lb, group), (la, _) = _levels(before or {}), _levels(after or {})
+    (lb, group_b), (la, group_a) = _levels(before or {}), _levels(after or {})
+    group = group_b if lb else group_a   # a run with no evaluation before still has levels after
     for level in sorted(set(lb) | set(la)):
         b, a = lb.get(level), la.get(level)
         delta = "-" if a is None or b is None else f"{100 * (a - b):+.1f}"

@@ -28,6 +28,8 @@ def test_levels_win_when_the_items_have_them(tmp_path):
               "items": [_item(4, True)]}
     table = comparison_table(before, None)
     assert "| prompt-level strict, level 1 | 85.0 | - | - |" in table and "constraint" not in table
+    table = comparison_table(None, before)   # eval_before=False, as the experiment scripts run
+    assert "| prompt-level strict, level 1 | - | 85.0 | - |" in table and "constraint" not in table
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "loss": 0.7}) + "\n")
     out = write_report(tmp_path, "t", before, before, {"pairs": 3}, {"eval": 1.0})
     assert "level 1" in out.read_text() and (tmp_path / "report.png").stat().st_size > 1000
