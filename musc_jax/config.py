@@ -6,6 +6,7 @@ locked, so a misspelt key (in a file or on the command line) is an error that na
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -293,6 +294,31 @@ def unknown_key_message(c: ConfigDict, dotted: str) -> str | None:
         node = node[part]
         seen.append(part)
     return None
+
+
+def config_from(cls, cfg: Any, name: str = ""):
+    """`cfg` as dataclass `cls`: an instance passes through; a mapping (dict, ConfigDict) is
+    converted. An unknown key or a value the dataclass rejects is a UserError naming it (and the
+    config section `name`, e.g. "build.musc", when given)."""
+    if isinstance(cfg, cls):
+        return cfg
+    if cfg is None:
+        return cls()
+    where = f"config {name}: " if name else ""
+    items = dict(cfg.items())
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(items) - names)
+    if unknown:
+        raise UserError(f"{where}unknown {cls.__name__} key(s) {unknown}; known: {sorted(names)}")
+    for f in dataclasses.fields(cls):  # ConfigDict gives lists for tuple fields
+        if f.name in items and isinstance(items[f.name], list):
+            items[f.name] = tuple(items[f.name])
+    try:
+        return cls(**items)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as e:   # the dataclass's own check of a value
+        raise UserError(f"{where}{e}") from None
 
 
 def loss_config(c: ConfigDict) -> LossConfig:

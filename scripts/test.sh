@@ -6,7 +6,7 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export NLTK_DATA="${NLTK_DATA:-$(cd .. && pwd)/shared/nltk_data}"
 set +e
-.venv/bin/python -m pytest -q -m "not slow" "$@"
+.venv/bin/python -m pytest -q -m "not slow" --durations=20 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

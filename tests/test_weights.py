@@ -5,6 +5,8 @@ import pytest
 import torch
 import transformers
 
+from musc_jax.config import config_from
+from musc_jax.errors import UserError
 from musc_jax.data.batching import BatchingConfig, ChatEncoder, collate_pairs, tokenize_pairs
 from musc_jax.data.weights import (WeightConfig, batch_token_weights, compute_token_weights,
                                    diff_weights, edit_masks, weight_mass_by_constraint)
@@ -150,8 +152,8 @@ def test_too_long_rows_dropped_and_missing_alt_uniform(tiny):
     assert set(out[1]["chosen_weights"]) == {1.0}
     with pytest.raises(ValueError, match="needs the reference model"):
         compute_token_weights(rows, tok, WeightConfig(kind="kl"))
-    with pytest.raises(ValueError, match="unknown weights config key"):
-        WeightConfig.from_mapping({"kind": "kl", "wmax": 2})
+    with pytest.raises(UserError, match=r"config weights: unknown WeightConfig key\(s\) \['wmax'\]"):
+        config_from(WeightConfig, {"kind": "kl", "wmax": 2}, "weights")
 
 
 def test_weight_mass_by_constraint():

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from musc_jax.config import config_from
 from musc_jax.data.batching import (BatchingConfig, BatchingError, ChatEncoder, PairExample,
                                     TemplateBoundaryError, TooLongError, collate_pairs,
                                     tokenize_pair)
@@ -84,16 +85,6 @@ class WeightConfig:
     @property
     def needs_model(self) -> bool:
         return self.kind in MODEL_KINDS or self.ref_logps
-
-    @classmethod
-    def from_mapping(cls, d: Mapping[str, Any]) -> "WeightConfig":
-        """From a dict / ConfigDict; an unknown key is an error that names it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        items = dict(d.items())
-        unknown = sorted(set(items) - names)
-        if unknown:
-            raise ValueError(f"unknown weights config key(s) {unknown}; known: {sorted(names)}")
-        return cls(**items)
 
 
 # ---------------------------------------------------------------------------------- diff weights
@@ -195,7 +186,7 @@ def compute_token_weights(rows: Sequence[Mapping], tokenizer, cfg: WeightConfig 
     (a copy of each input row plus the new fields, as lists of floats) and counts; rows that
     cannot be tokenised within the limits are dropped and counted, never raised.
     """
-    cfg = cfg if isinstance(cfg, WeightConfig) else WeightConfig.from_mapping(cfg)
+    cfg = cfg if isinstance(cfg, WeightConfig) else config_from(WeightConfig, cfg, "weights")
     if cfg.needs_model and model is None:
         raise ValueError(f"weights.kind={cfg.kind!r} (ref_logps={cfg.ref_logps}) needs the reference "
                          "model")

@@ -37,7 +37,8 @@ import dataclasses
 import random
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-from musc_jax.data.builders.musc import (NEGATIVITY_COUNTS, config_from, count_negativity,
+from musc_jax.config import config_from
+from musc_jax.data.builders.musc import (NEGATIVITY_COUNTS, count_negativity,
                                          finalize_rates, first_replies, negativity_record,
                                          seed_meta, stage_seed)
 from musc_jax.data.constraints import Constraint, verify

@@ -57,7 +57,7 @@ from musc_jax.data.recombine import (COMPOSE_PROMPTS, FREETEXT_EDITS, OPS, STYLE
 from musc_jax.data.decompose import DECOMPOSE_PROMPTS
 from musc_jax.data.roles import edit_constraint_messages, parse_constraint_edit, respond_messages
 from musc_jax.data.seeds import Seed
-from musc_jax.errors import UserError
+from musc_jax.config import config_from
 
 DECOMPOSERS = ("rule", "self", "given")
 COMPOSERS = ("template", "self")
@@ -65,31 +65,6 @@ NEGATIVITY_FILTERS = ("none", "self", "checker")
 
 
 # ------------------------------------------------------------------------ helpers shared by builders
-
-def config_from(cls, cfg: Any, name: str = ""):
-    """`cfg` as dataclass `cls`: an instance passes through; a mapping (dict, ConfigDict) is
-    converted. An unknown key or a value the dataclass rejects is a UserError naming it (and the
-    config section `name`, e.g. "build.musc", when given)."""
-    if isinstance(cfg, cls):
-        return cfg
-    if cfg is None:
-        return cls()
-    where = f"config {name}: " if name else ""
-    items = dict(cfg.items())
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(items) - names)
-    if unknown:
-        raise UserError(f"{where}unknown {cls.__name__} key(s) {unknown}; known: {sorted(names)}")
-    for f in dataclasses.fields(cls):  # ConfigDict gives lists for tuple fields
-        if f.name in items and isinstance(items[f.name], list):
-            items[f.name] = tuple(items[f.name])
-    try:
-        return cls(**items)
-    except UserError:
-        raise
-    except (TypeError, ValueError) as e:   # the dataclass's own check of a value
-        raise UserError(f"{where}{e}") from None
-
 
 def stage_seed(seed: int, stage: str) -> int:
     """A 31-bit seed for one stage of a build (decompose, respond, ...), fixed by (seed, stage)."""
@@ -542,6 +517,6 @@ def finalize_rates(stats: Mapping[str, Any]) -> dict[str, float | None]:
     return rates
 
 
-__all__ = ["COMPOSERS", "DECOMPOSERS", "MuscConfig", "build_musc", "config_from", "count_negativity",
+__all__ = ["COMPOSERS", "DECOMPOSERS", "MuscConfig", "build_musc", "count_negativity",
            "finalize_rates", "first_replies", "negativity_rates", "negativity_record", "seed_meta",
            "stage_seed"]

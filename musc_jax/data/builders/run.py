@@ -64,7 +64,8 @@ from ml_collections import ConfigDict
 
 from musc_jax.data import pairs_io
 from musc_jax.data.builders.ecd import EcdConfig
-from musc_jax.data.builders.musc import MuscConfig, config_from, finalize_rates, stage_seed
+from musc_jax.config import config_from
+from musc_jax.data.builders.musc import MuscConfig, finalize_rates, stage_seed
 from musc_jax.data.policy import ModelPolicy, Policy, load_policy_model
 from musc_jax.data.seeds import ON_ERROR, load_seeds, seed_sources
 from musc_jax.data.weights import (KINDS as WEIGHT_KINDS, WeightConfig, compute_token_weights,
@@ -309,7 +310,7 @@ def build_pairs(config: ConfigDict, policy: Policy | None = None, *, teacher: Po
     fn = builder_fn(method)
     check_build_config(config)
     kind = config.weights.kind
-    wcfg = None if kind == "none" else WeightConfig.from_mapping(config.weights)
+    wcfg = None if kind == "none" else config_from(WeightConfig, config.weights, "weights")
     section = config[method] if method in config else None
 
     out_dir = Path(config.pairs.out_dir)

@@ -58,7 +58,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from musc_jax.data.builders.musc import config_from
+from musc_jax.config import config_from
 from musc_jax.data.judge import (JUDGES, SIGNAL, Judge, Judgement, JudgeStats, derive_seed,
                                  make_judge)
 from musc_jax.data.policy import Policy, Sampling
