@@ -6,8 +6,8 @@ The policy decomposes each seed (zero-shot, the prompt its corpus teaches), corr
 constraints by rule, free-text ones negated / substituted by the policy), composes x and x'
 (from the task and constraint sentences; a composition that loses any constraint, free text
 included, falls back to the template text and is counted) and responds. stats.json "roles"
-counts how often each role's output parsed. The shipped base model predates the corpus that
-teaches the edit role: rebuild it first (configs/microworld_sft.py) for a fair row.
+counts how often each role's output parsed. The shipped base model (rebuilt in b89183e) was
+trained on the corpus that teaches every one of these prompts (configs/microworld_sft.py).
 """
 
 from musc_jax.config import config_module
