@@ -186,7 +186,7 @@ def compute_token_weights(rows: Sequence[Mapping], tokenizer, cfg: WeightConfig 
     (a copy of each input row plus the new fields, as lists of floats) and counts; rows that
     cannot be tokenised within the limits are dropped and counted, never raised.
     """
-    cfg = cfg if isinstance(cfg, WeightConfig) else config_from(WeightConfig, cfg, "weights")
+    cfg = config_from(WeightConfig, cfg, "weights")   # an instance passes through
     if cfg.needs_model and model is None:
         raise ValueError(f"weights.kind={cfg.kind!r} (ref_logps={cfg.ref_logps}) needs the reference "
                          "model")
