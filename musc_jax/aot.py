@@ -286,9 +286,9 @@ def loop_free_costs(config, model_cfg, devices, layers: int | None = None) -> Co
                              attention_dims(config, cfg, len(devices)))
 
 
-def compile_train(config, model_cfg, devices, base_layers: tuple[int, int] = (1, 2)
-                  ) -> tuple[CompileStats, CompileStats, TrainProgram]:
-    """(real program's stats, loop-free costs, the program).
+def compile_train(config, model_cfg, devices, base_layers: tuple[int, int] = (1, 2),
+                  costs: bool = True) -> tuple[CompileStats, CompileStats | None, TrainProgram]:
+    """(real program's stats, loop-free costs (None unless `costs`), the program).
 
     Unrolling every layer of a deep model makes the loop-free compile by far the slowest part
     (the TPU backend generates code for every unrolled layer: over 20 minutes and 18 GB for
@@ -298,6 +298,8 @@ def compile_train(config, model_cfg, devices, base_layers: tuple[int, int] = (1,
     real count (tests/test_aot.py checks the rule against a direct compile)."""
     prog = train_program(config, model_cfg, devices)
     real = compile_stats(prog.fn.lower(*prog.args))
+    if not costs:
+        return real, None, prog
     n = model_cfg.num_layers
     lo, hi = base_layers
     if n <= hi:
@@ -364,7 +366,7 @@ class AotReport:
     tokens_per_chip: int
     num_params: int
     real: CompileStats
-    costs: CompileStats
+    costs: CompileStats | None   # None: the loop-free cost compiles were skipped (memory only)
     generate: CompileStats | None
     peak: float
 
@@ -395,10 +397,12 @@ class AotReport:
         return 6 * self.num_params * self.tokens_per_chip / self.est_seconds / self.peak
 
     def summary_line(self) -> str:
-        return (f"aot: topology={self.topology} tokens_per_chip={self.tokens_per_chip} "
-                f"total_gib={self.real.total / GiB:.2f} compile_s={self.real.compile_s:.0f} "
-                f"flops_per_token={self.flops_per_token / 1e9:.4g}G "
-                f"est_us_per_token={self.est_us_per_token:.4g} est_mfu={self.est_mfu:.3f}")
+        head = (f"aot: topology={self.topology} tokens_per_chip={self.tokens_per_chip} "
+                f"total_gib={self.real.total / GiB:.2f} compile_s={self.real.compile_s:.0f} ")
+        if self.costs is None:
+            return head + "flops_per_token=skipped est_us_per_token=skipped est_mfu=skipped"
+        return head + (f"flops_per_token={self.flops_per_token / 1e9:.4g}G "
+                       f"est_us_per_token={self.est_us_per_token:.4g} est_mfu={self.est_mfu:.3f}")
 
 
 def format_report(r: AotReport, plan=None) -> str:
@@ -419,8 +423,19 @@ def format_report(r: AotReport, plan=None) -> str:
         lines.append(f"    planner ({plan.profile.name} profile): persistent {g(plan.persistent)}   "
                      f"total {g(plan.total())}   (compiler / planner = "
                      f"{m.total / max(plan.total(), 1):.2f})")
+    if r.costs is None:
+        lines.append("  train step costs: skipped (--aot_costs=false: memory only)")
+    else:
+        lines += _cost_lines(r)
+    if r.generate is not None:
+        lines.append(format_generation(r))
+    lines.append(r.summary_line())
+    return "\n".join(lines)
+
+
+def _cost_lines(r: AotReport) -> list[str]:
     k = r.costs.kernel_flops
-    lines += [
+    return [
         "  train step costs (loop-free compile: layers unrolled, collective matmul off, one "
         "logits chunk; above 2 layers extended from 1- and 2-layer compiles):",
         f"    compiler FLOPs {r.costs.flops:.3e} per step, estimated time {r.costs.est_seconds:.3f} s",
@@ -433,10 +448,6 @@ def format_report(r: AotReport, plan=None) -> str:
         f"free: {r.costs.flops / r.tokens_per_chip / 1e9:.1f} G per token, "
         f"MFU {6 * r.num_params * r.tokens_per_chip / max(r.costs.est_seconds, 1e-30) / r.peak:.3f})",
     ]
-    if r.generate is not None:
-        lines.append(format_generation(r))
-    lines.append(r.summary_line())
-    return "\n".join(lines)
 
 
 def format_generation(r: AotReport) -> str:
@@ -446,17 +457,19 @@ def format_generation(r: AotReport) -> str:
 
 
 def aot_report(config, model_cfg, generation: bool = True,
-               on_train: Callable[[AotReport], None] | None = None) -> AotReport:
+               on_train: Callable[[AotReport], None] | None = None,
+               costs: bool = True) -> AotReport:
     """Compile the config's train step (and generation loop) for its TPU topology.
-    `on_train` is called with the train step's report before the generation loop compiles."""
+    `on_train` is called with the train step's report before the generation loop compiles;
+    `costs=False` skips the loop-free cost compiles (FLOPs, estimated time: the slow part)."""
     topology = str(config.plan.get("topology", "") or "")
     if not topology:
         raise ValueError("plan.aot=tpu needs plan.topology (a TPU slice such as v5p:2x4x4); the "
                          "TPU presets of configs/llama3_8b_*.py set it, e.g. <config>.py:v5p64")
     devices = topology_devices(topology)
-    real, costs, prog = compile_train(config, model_cfg, devices)
+    real, cost, prog = compile_train(config, model_cfg, devices, costs=costs)
     report = AotReport(topology=topology, chips=len(devices), tokens_per_chip=prog.tokens_per_chip,
-                       num_params=prog.num_params, real=real, costs=costs, generate=None,
+                       num_params=prog.num_params, real=real, costs=cost, generate=None,
                        peak=peak_flops(topology))
     if on_train is not None:
         on_train(report)

@@ -46,6 +46,9 @@ _PRESET = flags.DEFINE_string("model_preset", None, "A ModelConfig preset (e.g. 
 _JSON = flags.DEFINE_bool("json", False, "Also print the plan as one JSON line.")
 _GENERATE = flags.DEFINE_bool("aot_generate", True, "With plan.aot=tpu, also compile the "
                               "generation loop (prefill + decode) and print its memory.")
+_COSTS = flags.DEFINE_bool("aot_costs", True, "With plan.aot=tpu, also run the loop-free cost "
+                           "compiles (FLOPs, estimated time, MFU; the slow, memory-hungry part); "
+                           "false: the real program's memory only.")
 
 
 def _main(argv) -> None:
@@ -78,6 +81,7 @@ def _main(argv) -> None:
         try:
             # The train step's report first (the generation loop compiles for a while longer).
             report = aot_lib.aot_report(config, p.model_cfg, generation=_GENERATE.value,
+                                        costs=_COSTS.value,
                                         on_train=lambda r: print(aot_lib.format_report(r, p),
                                                                  flush=True))
         except ValueError as e:

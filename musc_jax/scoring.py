@@ -132,21 +132,27 @@ def _head_weight(model) -> jax.Array:
     """The LM head [E, V] in the compute dtype, gathered over FSDP once, before the chunk loop.
 
     Inside the loop XLA would otherwise all-gather the FSDP-sharded weight (and reduce-scatter
-    its gradient) once per chunk. Its vocabulary axis stays sharded over `tensor`.
+    its gradient) once per chunk. Its vocabulary axis stays sharded over `tensor`. (The
+    teacher-forced log-probs gather inside their shard_map instead: `_chunked_target_logps`.)
     """
     w = model.lm_head_weight()
     mesh = _mesh_of(model)
     if mesh is None:
         return w
-    vocab = "tensor" if mesh.shape.get("tensor", 1) > 1 and w.shape[1] % mesh.shape["tensor"] == 0 else None
-    return jax.lax.with_sharding_constraint(w, NamedSharding(mesh, P(None, vocab)))
+    return jax.lax.with_sharding_constraint(w, NamedSharding(mesh, P(None, _vocab_axis(mesh, w))))
+
+
+def _vocab_axis(mesh, w: jax.Array) -> str | None:
+    """"tensor" when the head's vocabulary axis [E, V] is sharded over it, else None."""
+    tensor = mesh.shape.get("tensor", 1)
+    return "tensor" if tensor > 1 and w.shape[1] % tensor == 0 else None
 
 
 def _chunk_logits(model, hc: jax.Array, w: jax.Array) -> jax.Array:
     """float32 logits [B, c, V] of a chunk of hidden states; vocabulary-sharded when tensor > 1."""
     logits = project_logits(hc, w)
     mesh = _mesh_of(model)
-    if mesh is not None and mesh.shape.get("tensor", 1) > 1 and w.shape[1] % mesh.shape["tensor"] == 0:
+    if mesh is not None and _vocab_axis(mesh, w):
         logits = jax.lax.with_sharding_constraint(
             logits, NamedSharding(mesh, P(("data", "fsdp"), None, "tensor")))
     return logits
@@ -169,33 +175,39 @@ def _target_logps(hc: jax.Array, tc: jax.Array, w: jax.Array, vocab_axis: str | 
     return target - (jnp.log(total) + m)
 
 
-def _chunked_target_logps(model, h, targets, w, chunk: int) -> jax.Array:
+def _chunked_target_logps(model, h, targets, chunk: int) -> jax.Array:
     """[B, T'] target log-probs of hidden states h [B, T', E], projected `chunk` steps at a time.
 
-    On a mesh the chunk loop runs inside shard_map: each device loops over its own rows with the
-    LM head gathered once before the loop, so the head's gradient is summed locally over chunks
-    and reduced across devices once (GSPMD reduced the full [E, V] gradient in every chunk).
-    With tensor > 1 the logits stay sharded over the vocabulary.
+    On a mesh the chunk loop runs inside shard_map: each device all-gathers its FSDP shard of
+    the LM head once, before the loop, so the head's gradient is summed locally over chunks and
+    then reduce-scattered back to the FSDP shards once (the transpose of that all-gather), not
+    all-reduced to a full copy on every device (GSPMD reduced the full [E, V] gradient in every
+    chunk). With tensor > 1 the logits stay sharded over the vocabulary.
     """
     mesh = _mesh_of(model)
     batch = ("data", "fsdp")
     rows = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     if mesh is None or h.shape[0] % rows:
+        w = _head_weight(model)
         if h.shape[0] * h.shape[1] * w.shape[1] * 4 <= SMALL_LOGITS_BYTES:
             # Small enough to keep: one projection, nothing recomputed in the backward pass.
             return _target_logps(h, targets, w, None)
         return _time_chunks(jax.checkpoint(lambda hc, tc: _target_logps(hc, tc, w, None)),
                             chunk, h, targets)
-    tensor = mesh.shape.get("tensor", 1)
-    vocab_axis = "tensor" if tensor > 1 and w.shape[1] % tensor == 0 else None
+    w = model.lm_head_weight()
+    vocab_axis = _vocab_axis(mesh, w)
+    fsdp = mesh.shape["fsdp"]
+    embed_axis = "fsdp" if fsdp > 1 and w.shape[0] % fsdp == 0 else None
 
     def local(h, t, w):
+        if embed_axis:
+            w = jax.lax.all_gather(w, embed_axis, axis=0, tiled=True)
         # Recomputed in the backward pass: no [b, chunk, V] logits are kept per chunk.
         one = jax.checkpoint(lambda hc, tc: _target_logps(hc, tc, w, vocab_axis))
         return _time_chunks(one, chunk, h, t)
 
     return jax.shard_map(local, mesh=mesh,
-                         in_specs=(P(batch, None, None), P(batch, None), P(None, vocab_axis)),
+                         in_specs=(P(batch, None, None), P(batch, None), P(embed_axis, vocab_axis)),
                          out_specs=P(batch, None), check_vma=False)(h, targets, w)
 
 
@@ -203,7 +215,7 @@ def response_token_logps(model, ids, attention_mask, response_mask, chunk: int =
     """Teacher-forced log p(ids[t] | ids[<t]) [B, T] (float32), zero off the response. Traceable."""
     ids = jnp.asarray(ids, jnp.int32)
     h, _ = model.hidden_states(ids, jnp.asarray(attention_mask))
-    lp = _chunked_target_logps(model, h[:, :-1], ids[:, 1:], _head_weight(model), chunk)
+    lp = _chunked_target_logps(model, h[:, :-1], ids[:, 1:], chunk)
     lp = jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
     return lp * jnp.asarray(response_mask).astype(lp.dtype)
 

@@ -85,6 +85,19 @@ def test_loop_free_flops_match_a_hand_count():
 
 
 @needs_libtpu
+def test_memory_only_report_skips_the_cost_compiles():
+    """--aot_costs=false: the real program's memory, no loop-free compile, costs said skipped."""
+    c = _config()
+    report = aot.aot_report(c, _tiny(), generation=False, costs=False)
+    assert report.costs is None and report.real.total > 0
+    line = report.summary_line()
+    assert line.startswith(f"aot: topology={TOPOLOGY} tokens_per_chip=512 total_gib=")
+    assert line.endswith("flops_per_token=skipped est_us_per_token=skipped est_mfu=skipped")
+    text = aot.format_report(report)
+    assert "skipped (--aot_costs=false" in text and "FLOPs" not in text
+
+
+@needs_libtpu
 def test_config_without_topology_is_refused():
     c = _config()
     c.plan.topology = ""

@@ -1,9 +1,10 @@
-"""Chunked log-probs on a mesh: the LM head is gathered, and its gradient reduced, once per step.
+"""Chunked log-probs on a mesh: LM head gathered, its gradient reduce-scattered, once per step.
 
 Compiled on 4 simulated CPU devices (subprocess): FSDP over 4, and FSDP 2 x tensor 2 (logits
 sharded over the vocabulary). Log-probs and gradients equal the single-device values (float32,
 5e-5 absolute), and no collective on an LM-head-sized array sits inside a loop of the compiled
-train step (before the fix GSPMD all-reduced the full head gradient in every 128-token chunk).
+train step (before the fix GSPMD all-reduced the full head gradient in every 128-token chunk), and
+the head's gradient leaves the step reduce-scattered to the FSDP shards, never all-reduced whole.
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ for fsdp, tensor in ((4, 1), (2, 2)):
                 if any(int(np.prod([int(x) for x in d.split(",")])) in head for d in dims):
                     bad.append(line.strip()[:160])
     assert not bad, (fsdp, tensor, bad)
+    # Anywhere: the head's gradient [E, V / tensor] is reduce-scattered to the FSDP shards
+    # (the transpose of the all-gather before the chunk loop); no all-reduce carries a full copy
+    # of it (the embedding's own gradient is [V, E] and is told apart by its shape).
+    full = f"f32[64,{1024 // tensor}]"
+    for line in hlo.splitlines():
+        m = re.search(r"= (.*?) all-reduce(-start)?\(", line)
+        if m and full + "{" in m.group(1):
+            bad.append(line.strip()[:160])
+    assert not bad, (fsdp, tensor, "full head gradient all-reduced", bad)
+    assert re.search(rf"= f32\[{64 // fsdp},{1024 // tensor}\]\S* reduce-scatter\(", hlo), (fsdp, tensor)
     print("ok", fsdp, tensor, len(inloop))
 '''
 
