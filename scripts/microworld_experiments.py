@@ -32,6 +32,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from musc_jax.paired import compact_items, paired_difference  # noqa: E402
+
+# Paired comparisons in results.md: each reference against every row of the given signals.
+PAIRED_REFERENCES = {"musc_none": ("self", "none", "-"), "musc_checker": ("checker", "-")}
 
 def _filter(signal: str) -> list[str]:
     """Overrides of configs/microworld.py for the MuSC filters asked of `signal`."""
@@ -164,14 +170,45 @@ def main() -> None:
 
 
 def _summary(wd: Path, eval_file: Path) -> dict:
-    """A run's committed summary: eval metrics (no per-item rows), build stats, config, wall time."""
+    """A run's committed summary: eval metrics, per prompt only [key, pass, constraints passed,
+    constraints] (for the paired comparisons), build stats, config, wall time."""
     ev = json.loads(eval_file.read_text())
+    per_prompt = compact_items(ev.get("items") or [])
     ev = {k: v for k, v in ev.items() if k not in ("items", "per_item")}
+    ev["per_prompt"] = per_prompt
     cfg = wd / "config.json"
     wall = wd / "wall_time.json"
     return {"eval": ev, "stats": build_stats(wd),
             "config": json.loads(cfg.read_text()) if cfg.is_file() else None,
             "wall_time_s": json.loads(wall.read_text())["seconds"] if wall.is_file() else None}
+
+
+def _items(path: Path) -> list[list[int]]:
+    return compact_items(json.loads(path.read_text()).get("items") or [])
+
+
+def _paired_section(items: dict[str, list[list]], summary: dict[str, dict]) -> str:
+    """Markdown: each reference of PAIRED_REFERENCES minus every row of its signals, in points,
+    with a 95% bootstrap interval over the prompts (seeds averaged per prompt)."""
+    lines = ["", "Paired differences on the same held-out prompts: reference minus row, in points "
+             "(positive: the reference is better); each recipe's seeds are averaged per prompt "
+             "first; [95% bootstrap interval over prompts, 10,000 resamples] (prompt sampling "
+             "only: read it beside the seed spread above).", "",
+             "| reference | row | seeds (ref, row) | prompt-level | instruction-level |",
+             "|---|---|---|---|---|"]
+    for ref, signals in PAIRED_REFERENCES.items():
+        if ref not in items:
+            continue
+        for row, runs in items.items():
+            if row == ref or summary[row]["signal"] not in signals:
+                continue
+            d = paired_difference(items[ref], runs)
+            summary[row].setdefault("paired", {})[ref] = d
+            lines.append(f"| {ref} | {row} | {d['seeds'][0]}, {d['seeds'][1]} | "
+                         f"{d['prompt_diff']:+.1f} [{d['prompt_ci'][0]:+.1f}, {d['prompt_ci'][1]:+.1f}] | "
+                         f"{d['instruction_diff']:+.1f} [{d['instruction_ci'][0]:+.1f}, "
+                         f"{d['instruction_ci'][1]:+.1f}] |")
+    return "\n".join(lines) + "\n"
 
 
 def write_results(out: Path, variants: list[str], seeds: list[int], summaries: Path | None = None) -> None:
@@ -180,6 +217,7 @@ def write_results(out: Path, variants: list[str], seeds: list[int], summaries: P
     `out`). Columns: signal, pairs kept, prompt- and instruction-level strict (mean ± sd)."""
     results: dict[str, list[dict]] = {"base": [{**_metrics(out / "base" / "eval_before.json"),
                                                 "signal": "-", "pairs": 0}]}
+    items: dict[str, list[list]] = {"base": [_items(out / "base" / "eval_before.json")]}
     if summaries is not None:
         summaries.mkdir(parents=True, exist_ok=True)
         (summaries / "base.json").write_text(json.dumps(
@@ -204,6 +242,7 @@ def write_results(out: Path, variants: list[str], seeds: list[int], summaries: P
             for row, f in evals:
                 if f.exists():
                     results.setdefault(row, []).append({**_metrics(f), **info})
+                    items.setdefault(row, []).append(_items(f))
             if summaries is not None:
                 (summaries / f"{name}_seed{seed}.json").write_text(
                     json.dumps(_summary(wd, wd / "eval_after.json"), indent=1, default=str) + "\n")
@@ -231,9 +270,9 @@ def write_results(out: Path, variants: list[str], seeds: list[int], summaries: P
     note = ("\n\n± is the standard deviation over seeds. signal: where the preference signal comes "
             "from (self: the policy alone; checker: the verifiers that also score the evaluation; "
             "none: coin-flip labels). Compare a self row with self rows, a checker row with "
-            "checker rows.\n")
+            "checker rows.\n" + _paired_section(items, summary))
     (out / "results.md").write_text(table + note)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=list))
     if summaries is not None:
         (summaries / "results.md").write_text(table + note)
     print(table)
