@@ -13,8 +13,9 @@ loss / weight ablations (coarse, dynamic, as released) and LoRA, which train on 
 identical data; MuSC with one model in every role. Every row states its signal (self / checker /
 none, from the build's stats.json) and the pairs it kept; one summary per run (eval metrics,
 stats, config, wall time) is written under --summaries (docs/results/microworld). Runs go
-seed by seed, so an interrupted sweep still has every variant at the first seeds; finished runs are skipped when the script is started again, and the
-table is rewritten after every run. Writes `results.md` (mean and spread of held-out
+seed by seed, so an interrupted sweep still has every variant at the first seeds; finished runs
+are skipped when the script is started again, a run that another sweep on the same --out is
+doing (its `sweep.pid`) is skipped too, and the table is rewritten after every run. Writes `results.md` (mean and spread of held-out
 prompt-level and instruction-level strict accuracy per variant), `results.json` and
 `results.png` into --out (and the table into --summaries). SPaR reports iterations 1..3 from
 one run per seed.
@@ -113,6 +114,31 @@ def build_stats(wd: Path) -> dict:
     return {}
 
 
+CLAIM = "sweep.pid"
+
+
+def _claim(wd: Path) -> bool:
+    """Claim a run directory for this process, so that sweeps sharing --out never run the same
+    run at once; a claim whose process has died is taken over (an interrupted sweep)."""
+    path = wd / CLAIM
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(path.read_text().strip() or 0), 0)
+                return False                      # alive: another sweep is on it
+            except (ProcessLookupError, ValueError):
+                path.unlink(missing_ok=True)      # stale: its sweep was stopped
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
 def _variant_overrides(name: str, seed: int, out: Path, best_self: str) -> list[str] | None:
     config, overrides, _ = VARIANTS[name]
     if name in ABLATIONS:
@@ -162,9 +188,15 @@ def main() -> None:
             if overrides is None or (wd / "eval_after.json").exists():
                 continue
             wd.mkdir(exist_ok=True)
-            wall = run(VARIANTS[name][0], [*overrides, f"--config.seed={seed}",
-                                           "--config.pipeline.eval_before=False", *args.extra],
-                       wd, wd / "log.txt")
+            if not _claim(wd):
+                print(f"{name} seed {seed}: running in another sweep, skipped", flush=True)
+                continue
+            try:
+                wall = run(VARIANTS[name][0], [*overrides, f"--config.seed={seed}",
+                                               "--config.pipeline.eval_before=False", *args.extra],
+                           wd, wd / "log.txt")
+            finally:
+                (wd / CLAIM).unlink(missing_ok=True)
             print(f"{name} seed {seed}: {wall:.0f}s", flush=True)
             write_results(args.out, list(VARIANTS), args.seeds, args.summaries)
 
