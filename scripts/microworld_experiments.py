@@ -15,8 +15,8 @@ none, from the build's stats.json) and the pairs it kept; one summary per run (e
 stats, config, wall time) is written under --summaries (docs/results/microworld). Runs go
 seed by seed, so an interrupted sweep still has every variant at the first seeds; finished runs
 are skipped when the script is started again, a run that another sweep on the same --out is
-doing (its `sweep.pid`) is skipped too, and the table is rewritten after every run. Writes `results.md` (mean and spread of held-out
-prompt-level and instruction-level strict accuracy per variant), `results.json` and
+doing (its `sweep.pid`) is skipped too, and the table is rewritten after every run. Writes
+`results.md` (mean and spread of held-out prompt-level and instruction-level strict accuracy per variant), `results.json` and
 `results.png` into --out (and the table into --summaries). SPaR reports iterations 1..3 from
 one run per seed.
 """
@@ -94,9 +94,11 @@ def run(config: str, overrides: list[str], workdir: Path, log: Path) -> float:
     return wall
 
 
-def _metrics(path: Path) -> dict[str, float]:
+def _eval(path: Path) -> tuple[dict[str, float], list[list[int]]]:
+    """(prompt- and instruction-level strict in %, compact per-prompt rows) of an eval JSON."""
     d = json.loads(path.read_text())
-    return {"prompt": 100 * d["prompt_level_strict"], "instruction": 100 * d["instruction_level_strict"]}
+    return ({"prompt": 100 * d["prompt_level_strict"], "instruction": 100 * d["instruction_level_strict"]},
+            compact_items(d.get("items") or []))
 
 
 def build_stats(wd: Path) -> dict:
@@ -215,10 +217,6 @@ def _summary(wd: Path, eval_file: Path) -> dict:
             "wall_time_s": json.loads(wall.read_text())["seconds"] if wall.is_file() else None}
 
 
-def _items(path: Path) -> list[list[int]]:
-    return compact_items(json.loads(path.read_text()).get("items") or [])
-
-
 def _paired_section(items: dict[str, list[list]], summary: dict[str, dict]) -> str:
     """Markdown: each reference of PAIRED_REFERENCES minus every row of its signals, in points,
     with a 95% bootstrap interval over the prompts (seeds averaged per prompt)."""
@@ -247,9 +245,9 @@ def write_results(out: Path, variants: list[str], seeds: list[int], summaries: P
     """Collect the finished runs of `variants` x `seeds` under `out` into results.md, results.json
     and results.png, and one summary JSON per run into `summaries` (several sweeps may share one
     `out`). Columns: signal, pairs kept, prompt- and instruction-level strict (mean ± sd)."""
-    results: dict[str, list[dict]] = {"base": [{**_metrics(out / "base" / "eval_before.json"),
-                                                "signal": "-", "pairs": 0}]}
-    items: dict[str, list[list]] = {"base": [_items(out / "base" / "eval_before.json")]}
+    base_metrics, base_items = _eval(out / "base" / "eval_before.json")
+    results: dict[str, list[dict]] = {"base": [{**base_metrics, "signal": "-", "pairs": 0}]}
+    items: dict[str, list[list]] = {"base": [base_items]}
     if summaries is not None:
         summaries.mkdir(parents=True, exist_ok=True)
         (summaries / "base.json").write_text(json.dumps(
@@ -273,8 +271,9 @@ def write_results(out: Path, variants: list[str], seeds: list[int], summaries: P
                 evals.append((f"{name}_iter3", wd / "eval_after.json"))
             for row, f in evals:
                 if f.exists():
-                    results.setdefault(row, []).append({**_metrics(f), **info})
-                    items.setdefault(row, []).append(_items(f))
+                    metrics, rows = _eval(f)
+                    results.setdefault(row, []).append({**metrics, **info})
+                    items.setdefault(row, []).append(rows)
             if summaries is not None:
                 (summaries / f"{name}_seed{seed}.json").write_text(
                     json.dumps(_summary(wd, wd / "eval_after.json"), indent=1, default=str) + "\n")
