@@ -6,9 +6,14 @@ same machine in the same run, so every script that reports an MFU calls `matmul_
 
 from __future__ import annotations
 
+import glob
+import gzip
+import json
+import re
 import statistics
+import tempfile
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 
 class MatmulPeak:
@@ -106,3 +111,76 @@ def median(xs: Sequence[float]) -> float:
 def fmt_times(xs: Sequence[float]) -> str:
     """'median (min..max, n=k)' in seconds."""
     return f"{median(xs):.3f} s ({min(xs):.3f}..{max(xs):.3f}, n={len(xs)})"
+
+
+def hlo_stack_frames(hlo: str) -> dict[int, list[str]]:
+    """stack_frame_id -> function names, innermost first, from the HLO text's tables."""
+    table, funcs, locs, frames = None, {}, {}, {}
+    for line in hlo.splitlines():
+        if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+            table = line
+            continue
+        m = re.match(r"(\d+) (.*)$", line)
+        if not m or table is None:
+            table = None if not line.strip() else table
+            continue
+        i, rest = int(m.group(1)), m.group(2)
+        if table == "FunctionNames":
+            funcs[i] = rest.strip('"')
+        elif table == "FileLocations":
+            locs[i] = int(re.search(r"function_name_id=(\d+)", rest).group(1))
+        elif table == "StackFrames":
+            frames[i] = (int(re.search(r"file_location_id=(\d+)", rest).group(1)),
+                         int(re.search(r"parent_frame_id=(\d+)", rest).group(1)))
+    out = {}
+    for i in frames:
+        names, j, seen = [], i, set()
+        while j in frames and j not in seen:
+            seen.add(j)
+            loc, parent = frames[j]
+            names.append(funcs.get(locs.get(loc), ""))
+            j = parent
+        out[i] = names
+    return out
+
+
+_INSTR = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(")
+
+
+def hlo_instructions(hlo: str) -> Iterator[tuple[str, str, str, list[str]]]:
+    """(name, opcode, 'shape op_name', Python function names innermost first) per HLO instruction
+    of a compiled program's text; the names come from its metadata's stack frame."""
+    frames = hlo_stack_frames(hlo)
+    for line in hlo.splitlines():
+        m = _INSTR.match(line)
+        if not m:
+            continue
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        what = f"{m.group(2).split('{')[0]} {op_name.group(1) if op_name else ''}"
+        sf = re.search(r"stack_frame_id=(\d+)", line)
+        yield m.group(1), m.group(3), what, (frames.get(int(sf.group(1)), []) if sf else [])
+
+
+def trace_op_times(run: Callable[[], object]) -> dict[str, float]:
+    """Milliseconds per HLO op (event name) spent while `run()` executes under the profiler.
+
+    XLA:CPU records one event per executed op (thunk); an op inside a loop sums its iterations.
+    Callers map the names to the compiled program's instructions (`compiled.as_text()`) and
+    leave out loop/call ops, whose time is their body's.
+    """
+    import jax
+
+    times: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_trace_") as tmp:
+        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+        try:
+            run()
+        finally:
+            jax.profiler.stop_trace()
+        path = sorted(glob.glob(f"{tmp}/**/*.json.gz", recursive=True))[-1]
+        trace = json.load(gzip.open(path))
+    for e in trace["traceEvents"] if isinstance(trace, dict) else trace:
+        if e.get("ph") == "X" and "name" in e:
+            times[e["name"]] = times.get(e["name"], 0.0) + e.get("dur", 0) / 1e3
+    return times
+

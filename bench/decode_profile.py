@@ -19,15 +19,11 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import glob
-import gzip
-import json
-import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
@@ -35,6 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from common import hlo_instructions, trace_op_times  # noqa: E402
 from musc_jax.engine import continuous  # noqa: E402
 from musc_jax.engine.buckets import bucket_length, stop_id_array  # noqa: E402
 from musc_jax.engine.sampling import SamplingMode  # noqa: E402
@@ -51,54 +48,13 @@ CATEGORIES = (
     (("apply_rope", "rope_cos_sin"), "rope"),
     (("RMSNorm.__call__",), "norms"),
 )
-_INSTR = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(")
-
-
-def _frames(hlo: str) -> dict[int, list[str]]:
-    """stack_frame_id -> function names, innermost first, from the HLO text's tables."""
-    table, funcs, locs, frames = None, {}, {}, {}
-    for line in hlo.splitlines():
-        if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
-            table = line
-            continue
-        m = re.match(r"(\d+) (.*)$", line)
-        if not m or table is None:
-            table = None if not line.strip() else table
-            continue
-        i, rest = int(m.group(1)), m.group(2)
-        if table == "FunctionNames":
-            funcs[i] = rest.strip('"')
-        elif table == "FileLocations":
-            locs[i] = int(re.search(r"function_name_id=(\d+)", rest).group(1))
-        elif table == "StackFrames":
-            frames[i] = (int(re.search(r"file_location_id=(\d+)", rest).group(1)),
-                         int(re.search(r"parent_frame_id=(\d+)", rest).group(1)))
-    out = {}
-    for i in frames:
-        names, j, seen = [], i, set()
-        while j in frames and j not in seen:
-            seen.add(j)
-            loc, parent = frames[j]
-            names.append(funcs.get(locs.get(loc), ""))
-            j = parent
-        out[i] = names
-    return out
 
 
 def categorize(hlo: str, vocab: int, attn_shape: str) -> dict[str, tuple[str, str, str]]:
     """HLO instruction name -> (opcode, category, 'shape op_name'). `attn_shape`: the shape
     prefix of the attention loop's carried state (its init ops carry no metadata)."""
-    frames = _frames(hlo)
     out = {}
-    for line in hlo.splitlines():
-        m = _INSTR.match(line)
-        if not m:
-            continue
-        name, opcode = m.group(1), m.group(3)
-        op_name = re.search(r'op_name="([^"]*)"', line)
-        what = f"{m.group(2).split('{')[0]} {op_name.group(1) if op_name else ''}"
-        sf = re.search(r"stack_frame_id=(\d+)", line)
-        names = frames.get(int(sf.group(1)), []) if sf else []
+    for name, opcode, what, names in hlo_instructions(hlo):
         cat = "other (embedding, bookkeeping, copies)"
         for funcs, label in CATEGORIES:
             if any(f in funcs for f in names):
@@ -166,19 +122,20 @@ def main() -> None:
     c = model.config
     kinds = categorize(hlo, c.vocab_size,
                        f"f32[{args.slots},{c.num_kv_heads},{c.num_heads // c.num_kv_heads}")
-    with tempfile.TemporaryDirectory(prefix="decode_profile_") as tmp:
-        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
-        wall, _ = run(args.steps)
-        jax.profiler.stop_trace()
-        trace = json.load(gzip.open(sorted(glob.glob(f"{tmp}/**/*.json.gz", recursive=True))[-1]))
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    traced = {}
+
+    def traced_run():
+        traced["wall"] = run(args.steps)[0]
+
+    op_ms = trace_op_times(traced_run)
+    wall = traced["wall"]
     per_cat: collections.Counter = collections.Counter()
     per_op: collections.Counter = collections.Counter()
-    for e in events:
-        kind = kinds.get(e.get("name", ""))
-        if e.get("ph") == "X" and kind and kind[0] not in ("while", "conditional", "call"):
-            per_cat[kind[1]] += e.get("dur", 0) / 1e3 / args.steps      # ms per step
-            per_op[(e["name"], *kind)] += e.get("dur", 0) / 1e3 / args.steps
+    for name, ms in op_ms.items():
+        kind = kinds.get(name)
+        if kind and kind[0] not in ("while", "conditional", "call"):
+            per_cat[kind[1]] += ms / args.steps                           # ms per step
+            per_op[(name, *kind)] += ms / args.steps
     ops = sum(per_cat.values())
     step = wall * 1e3 / args.steps
     print(f"decode step: {args.slots} slots at position {args.pos}, cache length {length}, "

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from musc_jax.models.attention import CAUSAL_BLOCK
+from musc_jax.models.attention import causal_block
 from musc_jax.models.config import ModelConfig
 from musc_jax.sharding import LOGICAL_RULES, MESH_AXES, logical_to_spec
 
@@ -307,25 +307,26 @@ def attention_kernel(w: Workload, p: Profile) -> str:
 def score_positions(seq: int, kernel: str) -> int:
     """(query, key) pairs per row and head whose float32 probabilities `kernel` materialises.
 
-    einsum: all T x T. xla (`musc_jax.models.attention.xla_attention`): each CAUSAL_BLOCK-query
+    einsum: all T x T. xla (`musc_jax.models.attention.xla_attention`): each `causal_block(T)`-query
     block sees the keys up to its end, so for n blocks (n + 1) / 2n of T x T (an upper bound
     with sliding windows). splash / cudnn (flash kernels): none; they keep per-row softmax
     statistics only.
     """
     if kernel in ("splash", "cudnn"):
         return 0
-    if kernel == "einsum" or seq <= CAUSAL_BLOCK:
+    blk = causal_block(seq)
+    if kernel == "einsum" or seq <= blk:
         return seq * seq
-    return sum((min(s + CAUSAL_BLOCK, seq) - s) * min(s + CAUSAL_BLOCK, seq)
-               for s in range(0, seq, CAUSAL_BLOCK))
+    return sum((min(s + blk, seq) - s) * min(s + blk, seq) for s in range(0, seq, blk))
 
 
 def key_slice_positions(seq: int, kernel: str) -> int:
     """Key positions the xla kernel copies out as per-block slices of k (and again of v): every
     block but the last reads keys [0, block end)."""
-    if kernel != "xla" or seq <= CAUSAL_BLOCK:
+    blk = causal_block(seq)
+    if kernel != "xla" or seq <= blk:
         return 0
-    return sum(s + CAUSAL_BLOCK for s in range(0, seq, CAUSAL_BLOCK) if s + CAUSAL_BLOCK < seq)
+    return sum(s + blk for s in range(0, seq, blk) if s + blk < seq)
 
 
 def layer_residual_bytes(d: LocalDims, w: Workload, p: Profile) -> int:

@@ -150,12 +150,16 @@ def test_attention_probabilities_follow_the_kernel():
     from musc_jax.memory_plan import key_slice_positions, score_positions
     # Hand counts of musc_jax.models.attention's kernels, per row and head.
     assert score_positions(256, "einsum") == 256 * 256
-    assert score_positions(100, "xla") == 100 * 100  # one query block sees every key
-    assert score_positions(256, "xla") == 128 * 128 + 128 * 256
-    assert score_positions(300, "xla") == 128 * 128 + 128 * 256 + 44 * 300
+    # xla: query blocks of causal_block(T) = max(64, ceil(T / 16)), each seeing keys to its end
+    assert score_positions(60, "xla") == 60 * 60  # one query block sees every key
+    assert score_positions(100, "xla") == 64 * 64 + 36 * 100
+    assert score_positions(256, "xla") == 64 * (64 + 128 + 192 + 256)
+    assert score_positions(300, "xla") == 64 * (64 + 128 + 192 + 256) + 44 * 300
+    assert score_positions(4096, "xla") == sum(256 * (s + 256) for s in range(0, 4096, 256))
     assert score_positions(2048, "splash") == score_positions(2048, "cudnn") == 0
-    assert key_slice_positions(512, "xla") == 128 + 256 + 384
-    assert key_slice_positions(512, "einsum") == key_slice_positions(128, "xla") == 0
+    assert key_slice_positions(512, "xla") == 64 * (1 + 2 + 3 + 4 + 5 + 6 + 7)
+    assert key_slice_positions(64, "xla") == 0
+    assert key_slice_positions(512, "einsum") == 0
 
 
 def test_plan_reads_the_attention_kernel():

@@ -2,9 +2,10 @@
 
 * `einsum`: the reference. Grouped-query scores by einsum, float32 softmax, any mask; also the
   path of incremental decoding (keys in a cache).
-* `xla`: `jax.nn.dot_product_attention(implementation="xla")`. When the keys are this call's
-  tokens (training, prefill) the queries are processed in blocks and each block only sees the
-  keys its causal (and sliding-window) mask can reach, so fully masked blocks cost nothing.
+* `xla`: plain XLA ops. When the keys are this call's tokens (training, prefill) the queries are
+  processed in blocks, each block sees only the keys its causal (and sliding-window) mask can
+  reach, so fully masked blocks cost nothing, and the query heads of a KV head are stacked into
+  one matmul; otherwise `jax.nn.dot_product_attention(implementation="xla")`.
 * `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention on NVIDIA
   GPUs), with padding given as a key mask.
 * `splash`: the Pallas splash-attention kernel on TPU (causal / local mask, padding through
@@ -26,8 +27,10 @@ import numpy as np
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "einsum")
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
-# Query block of the xla path's causal block skipping (keys up to the block's end are used).
-CAUSAL_BLOCK = 128
+# Query block of the xla path's causal block skipping (keys up to the block's end are used):
+# the smallest block, and the most blocks per call (`causal_block`).
+CAUSAL_BLOCK = 64
+MAX_CAUSAL_BLOCKS = 16
 
 
 def resolve(impl: str, platform: str | None = None) -> str:
@@ -71,21 +74,51 @@ def _dpa(q, k, v, allowed, scale, implementation):
                                         implementation=implementation)
 
 
+def causal_block(t: int) -> int:
+    """Query block of the xla path for sequence length t: 64 (fewest masked scores computed), or
+    larger so that a long sequence has at most MAX_CAUSAL_BLOCKS blocks (each is unrolled)."""
+    return max(CAUSAL_BLOCK, -(-t // MAX_CAUSAL_BLOCKS))
+
+
+def _grouped_block(q, k, v, allowed, scale):
+    """Attention of one query block with the G query heads of each KV head stacked along the
+    query axis: one [G*Tb, D] x [D, S] matmul per (row, KV head), no per-group broadcast of K/V.
+
+    q [B, KV, G, Tb, D], k/v [B, KV, S, D], allowed [B, Tb, S] -> [B, KV, G, Tb, D].
+    """
+    b, kvh, g, tb, d = q.shape
+    s = jnp.einsum("bkqd,bksd->bkqs", q.reshape(b, kvh, g * tb, d), k.astype(q.dtype),
+                   preferred_element_type=jnp.float32) * scale
+    allowed = jnp.broadcast_to(allowed[:, None, None], (b, 1, g, tb, allowed.shape[-1]))
+    s = jnp.where(allowed.reshape(b, 1, g * tb, -1), s, MASK_VALUE)
+    probs = jax.nn.softmax(s, axis=-1).astype(q.dtype)
+    return jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(q.dtype)).reshape(b, kvh, g, tb, d)
+
+
 def xla_attention(q, k, v, key_mask, q_slots, *, window, scale, self_keys: bool,
-                  block: int = CAUSAL_BLOCK):
-    """jax.nn.dot_product_attention (XLA); with `self_keys` (keys = this call's tokens, q_slots =
-    arange(T)) each query block attends only to the key range its mask can reach."""
-    t, s = q.shape[1], k.shape[1]
-    if not self_keys or t <= block:
+                  block: int | None = None):
+    """Attention as plain XLA ops. With `self_keys` (keys = this call's tokens, q_slots =
+    arange(T)) the queries are processed in blocks (`causal_block`) and each block only attends
+    to the key range its mask can reach, so fully masked blocks cost nothing. The heads are laid
+    out [B, KV, G, T, D] once per call (one transpose of q, k, v in, one of the output back):
+    XLA:CPU otherwise copies and transposes per block and per group (2x slower here)."""
+    b, t, h, d = q.shape
+    kvh = k.shape[2]
+    if not self_keys:
         return _dpa(q, k, v, allowed_mask(key_mask, q_slots, window), scale, "xla")
+    block = block or causal_block(t)
+    qh = q.reshape(b, t, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4)       # [B, KV, G, T, D]
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)             # [B, KV, S, D]
     outs = []
     for start in range(0, t, block):
         stop = min(start + block, t)
         lo = 0 if window is None else max(0, start - window + 1)
-        ks = jnp.arange(lo, stop)
-        allowed = allowed_mask(key_mask[:, lo:stop], q_slots[start:stop], window, ks)
-        outs.append(_dpa(q[:, start:stop], k[:, lo:stop], v[:, lo:stop], allowed, scale, "xla"))
-    return jnp.concatenate(outs, axis=1)
+        allowed = allowed_mask(key_mask[:, lo:stop], q_slots[start:stop], window,
+                               jnp.arange(lo, stop))
+        outs.append(_grouped_block(qh[:, :, :, start:stop], kh[:, :, lo:stop], vh[:, :, lo:stop],
+                                   allowed, scale))
+    out = jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0]
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 def cudnn_attention(q, k, v, key_mask, q_slots, *, window, scale, self_keys: bool):
