@@ -11,7 +11,8 @@ Two compiles per config, because `cost_analysis` counts the body of a while loop
 * the real program (what training runs): memory comes from it;
 * a loop-free program: layers unrolled (`model.scan_layers` off where the model has it), the
   collective-matmul (windowed einsum) loops off, the vocabulary projection in one chunk.
-  FLOPs and the estimated time come from it. Its time is the compiler's estimate, not a
+  FLOPs and the estimated time come from it (for a deep model or a long sequence, from three
+  small such compiles extended to the real layer count and sequence: see compile_train). Its time is the compiler's estimate, not a
   measurement: the implied MFU is labelled as such.
 The splash-attention kernels are Pallas custom calls the compiler has no cost for: their FLOPs
 are counted from the loop-free HLO (`kernel_flops`) and added, at the chip's peak, to the time.
@@ -266,53 +267,75 @@ def train_program(config, model_cfg, devices) -> TrainProgram:
 
 
 @contextlib.contextmanager
-def _one_logits_chunk(seq: int):
-    """Score in one vocabulary-projection chunk (no chunk loop) while compiling for costs."""
+def _logits_chunk(chunk: int):
+    """Score in vocabulary-projection chunks of `chunk` positions while compiling for costs."""
     from musc_jax import scoring, train_step
     original = train_step.response_token_logps
-    train_step.response_token_logps = functools.partial(scoring.response_token_logps, chunk=seq)
+    train_step.response_token_logps = functools.partial(scoring.response_token_logps, chunk=chunk)
     try:
         yield
     finally:
         train_step.response_token_logps = original
 
 
-def loop_free_costs(config, model_cfg, devices, layers: int | None = None) -> CompileStats:
-    """FLOPs and estimated time of the loop-free train step of `model_cfg` with `layers` layers."""
+def loop_free_costs(config, model_cfg, devices, layers: int | None = None,
+                    chunk: int | None = None) -> CompileStats:
+    """FLOPs and estimated time of the loop-free train step of `model_cfg` with `layers` layers,
+    the vocabulary projected in chunks of `chunk` positions (default: one chunk, no loop)."""
     cfg = model_cfg if layers is None else dataclasses.replace(model_cfg, num_layers=layers)
-    with _one_logits_chunk(int(config.data.max_length)):
+    with _logits_chunk(chunk or int(config.data.max_length)):
         lf = train_program(_loop_free_config(config), cfg, devices)
         return compile_stats(lf.fn.lower(*lf.args), LOOP_FREE_OPTIONS,
                              attention_dims(config, cfg, len(devices)))
 
 
+# Chunk lengths of the two cost compiles that stand for the one-chunk vocabulary projection of a
+# long sequence (see compile_train).
+COST_CHUNKS = (128, 256)
+
+
 def compile_train(config, model_cfg, devices, base_layers: tuple[int, int] = (1, 2),
-                  costs: bool = True) -> tuple[CompileStats, CompileStats | None, TrainProgram]:
+                  costs: bool = True, cost_chunks: tuple[int, int] = COST_CHUNKS
+                  ) -> tuple[CompileStats, CompileStats | None, TrainProgram]:
     """(real program's stats, loop-free costs (None unless `costs`), the program).
 
-    Unrolling every layer of a deep model makes the loop-free compile by far the slowest part
-    (the TPU backend generates code for every unrolled layer: over 20 minutes and 18 GB for
-    4 Llama-3-8B layers on this loaded 2-core machine). The layers are identical, so the
-    program's FLOPs and estimated time are affine in the layer count: above the larger of
-    `base_layers` they come from loop-free compiles with `base_layers` layers, extended to the
-    real count (tests/test_aot.py checks the rule against a direct compile)."""
+    The loop-free program would unroll every layer and project the whole sequence onto the
+    vocabulary at once; both make its compile slow and memory-hungry on a big model (4 unrolled
+    Llama-3-8B layers: over 20 minutes and 18 GB here; one layer with its 2048 x 128256 logits in
+    one piece: over 17 GB, where the same layer with 128-position chunks compiles in 1.5 GB).
+    The costs are affine in the layer count (the layers are identical) and, since
+    `cost_analysis` counts a loop body once, in the chunk length of the vocabulary projection
+    (its loop body's work is proportional to the chunk; the rest of the program does not
+    depend on it). So above the larger of `base_layers` layers and for sequences longer than the
+    larger of `cost_chunks`, the costs come from three small compiles: (lo layers, chunk c1),
+    (hi layers, c1), (lo layers, c2), extended to the real layer count and to one chunk of the
+    whole sequence (tests/test_aot.py checks the rule against a direct compile)."""
     prog = train_program(config, model_cfg, devices)
     real = compile_stats(prog.fn.lower(*prog.args))
     if not costs:
         return real, None, prog
-    n = model_cfg.num_layers
-    lo, hi = base_layers
-    if n <= hi:
-        return real, loop_free_costs(config, model_cfg, devices), prog
-    a, b = (loop_free_costs(config, model_cfg, devices, k) for k in (lo, hi))
+    n, seq = model_cfg.num_layers, int(config.data.max_length)
+    lo, hi = base_layers if n > base_layers[1] else (n, n)
+    c1, c2 = cost_chunks if seq > cost_chunks[1] else (seq, seq)
+    a = loop_free_costs(config, model_cfg, devices, lo, c1)
+    b = loop_free_costs(config, model_cfg, devices, hi, c1) if hi != lo else a
+    d = loop_free_costs(config, model_cfg, devices, lo, c2) if c2 != c1 else a
+    if d.flops < a.flops:
+        raise RuntimeError(f"loop-free cost compiles: {c2}-position logits chunks counted fewer "
+                           f"FLOPs ({d.flops:.3e}) than {c1}-position ones ({a.flops:.3e}); the "
+                           "compiler unrolled one chunk loop and not the other, so the costs "
+                           "cannot be extended to one chunk")
 
-    def ext(x, y):
-        return x + (y - x) / (hi - lo) * (n - lo)
+    def ext(field: str) -> float:
+        x = getattr(a, field)
+        by_layer = (getattr(b, field) - x) / (hi - lo) * (n - lo) if hi != lo else 0.0
+        by_chunk = (getattr(d, field) - x) / (c2 - c1) * (seq - c1) if c2 != c1 else 0.0
+        return x + by_layer + by_chunk
 
     costs = dataclasses.replace(
-        b, flops=ext(a.flops, b.flops), bytes_accessed=ext(a.bytes_accessed, b.bytes_accessed),
-        est_seconds=ext(a.est_seconds, b.est_seconds), kernel_flops=ext(a.kernel_flops, b.kernel_flops),
-        compile_s=a.compile_s + b.compile_s)
+        a, flops=ext("flops"), bytes_accessed=ext("bytes_accessed"),
+        est_seconds=ext("est_seconds"), kernel_flops=ext("kernel_flops"),
+        compile_s=sum({id(s): s.compile_s for s in (a, b, d)}.values()))
     return real, costs, prog
 
 
@@ -437,7 +460,8 @@ def _cost_lines(r: AotReport) -> list[str]:
     k = r.costs.kernel_flops
     return [
         "  train step costs (loop-free compile: layers unrolled, collective matmul off, one "
-        "logits chunk; above 2 layers extended from 1- and 2-layer compiles):",
+        "logits chunk; above 2 layers and 256 positions extended from 1- and 2-layer compiles "
+        "with 128- and 256-position logits chunks):",
         f"    compiler FLOPs {r.costs.flops:.3e} per step, estimated time {r.costs.est_seconds:.3f} s",
         f"    + splash-attention kernels (no compiler cost; counted from the HLO, at peak): "
         f"{k:.3e} FLOPs, {k / r.peak:.3f} s",

@@ -120,6 +120,23 @@ def test_costs_extended_from_one_and_two_layers_equal_a_direct_compile():
     assert extended.est_seconds == pytest.approx(direct.est_seconds, rel=0.05)
 
 
+@needs_libtpu
+@pytest.mark.slow  # three TPU compiles
+def test_costs_extended_from_two_logits_chunks_equal_a_one_chunk_compile():
+    """The rule compile_train uses for long sequences: the costs are affine in the chunk length
+    of the vocabulary projection, so 128- and 256-position chunks stand for one of 512."""
+    c, mc = _config(), _tiny()
+    c.data.max_length, c.data.max_prompt_length = 512, 256
+    c.train.batch_size = 4
+    devices = aot.topology_devices(TOPOLOGY)
+    direct = aot.loop_free_costs(c, mc, devices)
+    _, extended, _ = aot.compile_train(c, mc, devices, cost_chunks=(128, 256))
+    chunked = aot.loop_free_costs(c, mc, devices, chunk=128)
+    assert chunked.flops < 0.95 * direct.flops        # the chunk loop's body is counted once
+    assert extended.flops == pytest.approx(direct.flops, rel=0.01)
+    assert extended.est_seconds == pytest.approx(direct.est_seconds, rel=0.05)
+
+
 def test_active_block_fraction_of_causal_and_window_masks():
     # T = 2048 in 512-tiles: a 4 x 4 grid, causal keeps the 10 tiles on or below the diagonal.
     assert aot.active_block_fraction(2048, None) == 10 / 16
