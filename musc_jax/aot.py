@@ -12,8 +12,8 @@ Two compiles per config, because `cost_analysis` counts the body of a while loop
 * a loop-free program: layers unrolled (`model.scan_layers` off where the model has it), the
   collective-matmul (windowed einsum) loops off, the vocabulary projection in one chunk.
   FLOPs and the estimated time come from it (for a deep model or a long sequence, from three
-  small such compiles extended to the real layer count and sequence: see compile_train). Its time is the compiler's estimate, not a
-  measurement: the implied MFU is labelled as such.
+  small such compiles extended to the real layer count and sequence: see compile_train). Its
+  time is the compiler's estimate, not a measurement: the implied MFU is labelled as such.
 The splash-attention kernels are Pallas custom calls the compiler has no cost for: their FLOPs
 are counted from the loop-free HLO (`kernel_flops`) and added, at the chip's peak, to the time.
 """
@@ -318,9 +318,9 @@ def compile_train(config, model_cfg, devices, base_layers: tuple[int, int] = (1,
     lo, hi = base_layers if n > base_layers[1] else (n, n)
     c1, c2 = cost_chunks if seq > cost_chunks[1] else (seq, seq)
     a = loop_free_costs(config, model_cfg, devices, lo, c1)
-    b = loop_free_costs(config, model_cfg, devices, hi, c1) if hi != lo else a
-    d = loop_free_costs(config, model_cfg, devices, lo, c2) if c2 != c1 else a
-    if d.flops < a.flops:
+    b = loop_free_costs(config, model_cfg, devices, hi, c1) if hi != lo else None
+    d = loop_free_costs(config, model_cfg, devices, lo, c2) if c2 != c1 else None
+    if d is not None and d.flops < a.flops:
         raise RuntimeError(f"loop-free cost compiles: {c2}-position logits chunks counted fewer "
                            f"FLOPs ({d.flops:.3e}) than {c1}-position ones ({a.flops:.3e}); the "
                            "compiler unrolled one chunk loop and not the other, so the costs "
@@ -328,14 +328,14 @@ def compile_train(config, model_cfg, devices, base_layers: tuple[int, int] = (1,
 
     def ext(field: str) -> float:
         x = getattr(a, field)
-        by_layer = (getattr(b, field) - x) / (hi - lo) * (n - lo) if hi != lo else 0.0
-        by_chunk = (getattr(d, field) - x) / (c2 - c1) * (seq - c1) if c2 != c1 else 0.0
+        by_layer = 0.0 if b is None else (getattr(b, field) - x) / (hi - lo) * (n - lo)
+        by_chunk = 0.0 if d is None else (getattr(d, field) - x) / (c2 - c1) * (seq - c1)
         return x + by_layer + by_chunk
 
     costs = dataclasses.replace(
         a, flops=ext("flops"), bytes_accessed=ext("bytes_accessed"),
         est_seconds=ext("est_seconds"), kernel_flops=ext("kernel_flops"),
-        compile_s=sum({id(s): s.compile_s for s in (a, b, d)}.values()))
+        compile_s=sum(s.compile_s for s in (a, b, d) if s is not None))
     return real, costs, prog
 
 

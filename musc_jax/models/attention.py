@@ -117,7 +117,7 @@ def xla_attention(q, k, v, key_mask, q_slots, *, window, scale, self_keys: bool,
                                jnp.arange(lo, stop))
         outs.append(_grouped_block(qh[:, :, :, start:stop], kh[:, :, lo:stop], vh[:, :, lo:stop],
                                    allowed, scale))
-    out = jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0]
+    out = jnp.concatenate(outs, axis=3)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
