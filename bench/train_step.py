@@ -123,14 +123,16 @@ def optimizer(total_steps: int):
 class OursRunner:
     """A jitted train step with its own params / opt_state (donated, as the Trainer does)."""
 
-    def __init__(self, graphdef, params, ref, batch, reference: str, total_steps: int):
+    def __init__(self, graphdef, params, ref, batch, reference: str, total_steps: int,
+                 compiler_options: dict | None = None):
         self.cfg = StepConfig(loss=LossConfig.preset("dpo", beta=BETA), reference=reference)
         tx, schedule = optimizer(total_steps)
         self.params = jax.tree.map(jnp.copy, params)
         self.opt_state = jax.jit(tx.init)(self.params)
         self.ref = ref
         self.batch = batch
-        step = jax.jit(make_train_step(graphdef, self.cfg, tx, schedule), donate_argnums=(0, 1))
+        step = jax.jit(make_train_step(graphdef, self.cfg, tx, schedule), donate_argnums=(0, 1),
+                       compiler_options=compiler_options)
         t0 = time.perf_counter()
         self.step = step.lower(self.params, self.opt_state, batch, ref).compile()
         self.compile_s = time.perf_counter() - t0

@@ -97,6 +97,15 @@ def _metrics(path: Path) -> dict[str, float] | None:
     return {k: d[k] for k in METRICS}
 
 
+def _strict_by_key(eval_json: Path) -> dict[str, bool]:
+    return {i["key"]: bool(i["strict"]) for i in json.loads(eval_json.read_text())["items"]}
+
+
+def _base_summary() -> dict:
+    path = SUMMARIES / "base.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def paired_change(workdir: Path) -> dict | None:
     """Prompts (prompt-level strict) the trained model passes that the base failed, and the
     reverse, against the base evaluation beside the run (the default run's, or base/), with the
@@ -104,10 +113,15 @@ def paired_change(workdir: Path) -> dict | None:
     after = workdir / "eval_after.json"
     base = next((f for f in (workdir.parent / "musc_seed0" / "eval_before.json",
                              workdir.parent / "base" / "eval_before.json") if f.is_file()), None)
-    if base is None or not after.is_file():
+    if not after.is_file():
         return None
-    before = {i["key"]: bool(i["strict"]) for i in json.loads(base.read_text())["items"]}
-    now = {i["key"]: bool(i["strict"]) for i in json.loads(after.read_text())["items"]}
+    now = _strict_by_key(after)
+    if base is not None:
+        before = _strict_by_key(base)
+    elif "strict_pass" in (committed := _base_summary()):   # the committed base row
+        before = {k: k in set(committed["strict_pass"]) for k in now}
+    else:
+        return None
     gained = sum(now[k] and not before[k] for k in now)
     lost = sum(before[k] and not now[k] for k in now)
     n, k = gained + lost, min(gained, lost)
@@ -128,6 +142,11 @@ def summarise(name: str, seed: int | None, workdir: Path, wall_s: float) -> dict
             "before": _metrics(workdir / "eval_before.json"),
             "after": None if name == "base" else _metrics(workdir / "eval_after.json"),
             "paired": None if name == "base" else paired_change(workdir),
+            # the prompts passed (prompt-level strict), so that later runs can be paired with
+            # this one after its work dir is gone
+            "strict_pass": sorted(k for k, ok in _strict_by_key(
+                workdir / ("eval_before.json" if name == "base" else "eval_after.json")).items()
+                if ok),
             "negativity_rate": stats.get("negativity_rate"), "wall_s": round(wall_s, 1),
             "timings_s": (json.loads((workdir / "timings.json").read_text())
                           if (workdir / "timings.json").is_file() else None),
