@@ -44,6 +44,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from common import median  # noqa: E402
+from musc_jax import scoring  # noqa: E402
 from musc_jax.models import ModelConfig, init_model  # noqa: E402
 from musc_jax.scoring import response_token_logps  # noqa: E402
 
@@ -68,9 +69,8 @@ def main() -> None:
     ref = jax.tree.map(jnp.copy, params)
     batch_pre = dict(batch)
     for side in ("chosen", "rejected"):
-        batch_pre[f"ref_{side}_token_logps"] = jax.jit(
-            lambda p, i, m, r: response_token_logps(nnx.merge(graphdef, p), i, m, r))(
-            params, batch[f"{side}_ids"], batch[f"{side}_mask"], batch[f"{side}_response_mask"])
+        batch_pre[f"ref_{side}_token_logps"] = scoring.score(
+            model, batch[f"{side}_ids"], batch[f"{side}_mask"], batch[f"{side}_response_mask"])
     ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
     resp = jnp.concatenate([batch["chosen_response_mask"], batch["rejected_response_mask"]])

@@ -119,7 +119,8 @@ def paired_change(workdir: Path) -> dict | None:
     if base is not None:
         before = _strict_by_key(base)
     elif "strict_pass" in (committed := _base_summary()):   # the committed base row
-        before = {k: k in set(committed["strict_pass"]) for k in now}
+        passed = set(committed["strict_pass"])
+        before = {k: k in passed for k in now}
     else:
         return None
     gained = sum(now[k] and not before[k] for k in now)
