@@ -65,6 +65,8 @@ from musc_jax import train_step as ts  # noqa: E402
 from musc_jax.losses import LossConfig  # noqa: E402
 from musc_jax.models import ModelConfig, init_model, save_pretrained  # noqa: E402
 from musc_jax.optim import make_optimizer  # noqa: E402
+from musc_jax.config import base_config  # noqa: E402
+from musc_jax.data.batching import logits_window  # noqa: E402
 from musc_jax.train_step import StepConfig, make_train_step  # noqa: E402
 
 PAIRS, PROMPT, RESPONSE = 8, 64, 192
@@ -124,8 +126,9 @@ class OursRunner:
     """A jitted train step with its own params / opt_state (donated, as the Trainer does)."""
 
     def __init__(self, graphdef, params, ref, batch, reference: str, total_steps: int,
-                 compiler_options: dict | None = None):
-        self.cfg = StepConfig(loss=LossConfig.preset("dpo", beta=BETA), reference=reference)
+                 compiler_options: dict | None = None, window: int | None = None):
+        self.cfg = StepConfig(loss=LossConfig.preset("dpo", beta=BETA), reference=reference,
+                              logits_window=window)
         tx, schedule = optimizer(total_steps)
         self.params = jax.tree.map(jnp.copy, params)
         self.opt_state = jax.jit(tx.init)(self.params)
@@ -315,6 +318,8 @@ def run(tmp: Path) -> None:
     ap.add_argument("--attention", default="auto", help="model.attention of our model")
     ap.add_argument("--scan-layers", action="store_true", help="model.scan_layers of our model")
     ap.add_argument("--remat", default="none", help="model.remat of our model")
+    ap.add_argument("--logits-windows", type=int, default=base_config().data.logits_windows,
+                    help="data.logits_windows for our step (1 = LM head over every position)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time pieces of our step (forward variants, grad, optimizer)")
     args = ap.parse_args()
@@ -337,7 +342,12 @@ def run(tmp: Path) -> None:
     total_steps = 10 * (args.warmup + args.steps) + 10
     model = init_model(cfg, seed=0, attention=args.attention, scan_layers=args.scan_layers,
                        remat=args.remat)
-    print(f"our model: attention={args.attention} scan_layers={args.scan_layers} remat={args.remat}")
+    # What the Trainer's loader picks for this batch: the LM head skips prompt-only positions.
+    window = logits_window([PROMPT] * seqs, LENGTH, args.logits_windows)
+    print(f"our model: attention={args.attention} scan_layers={args.scan_layers} remat={args.remat}; "
+          f"LM head over the last {window or LENGTH - 1} of {LENGTH - 1} positions "
+          f"(data.logits_windows={args.logits_windows}; TRL projects every position, its default "
+          "use_logits_to_keep=False; model FLOPs below count every position for all)")
     pairs = make_pairs(cfg.vocab_size, seed=0)
     batch = {k: jnp.asarray(v) for k, v in pairs.items()}
     model_dir = save_pretrained(model, tmp / "model")
@@ -348,9 +358,9 @@ def run(tmp: Path) -> None:
         batch_pre[f"ref_{side}_token_logps"] = scoring.score(
             model, batch[f"{side}_ids"], batch[f"{side}_mask"], batch[f"{side}_response_mask"])
 
-    online = OursRunner(graphdef, params, ref, batch, "online", total_steps)
+    online = OursRunner(graphdef, params, ref, batch, "online", total_steps, window=window)
     pre = (None if args.skip_precompute else
-           OursRunner(graphdef, params, None, batch_pre, "precompute", total_steps))
+           OursRunner(graphdef, params, None, batch_pre, "precompute", total_steps, window=window))
     for _ in range(args.warmup):
         online()
         if pre is not None:

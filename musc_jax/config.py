@@ -66,6 +66,11 @@ def base_config() -> ConfigDict:
         bucket=64,          # sequence lengths are padded to multiples of this
         max_buckets=8,      # at most this many padded lengths, geometric (few compiled shapes); 0 = all
         sort_window=0,      # > 0: sort each window of this many batches by length (less padding)
+        # n > 1: the LM head projects only the last k/n of a batch's positions, the smallest k
+        # that holds every response (prompt positions cost no vocabulary FLOPs; same values),
+        # at the price of up to n compiled steps per padded length. Pays off for long prompts
+        # and long runs; 1 = every position, one step per length.
+        logits_windows=1,
     ))
     lc = LossConfig.preset("musc")
     c.loss = ConfigDict(dict(beta=lc.beta, loss_type=lc.loss_type, label_smoothing=lc.label_smoothing,
@@ -115,7 +120,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 TRAINING_SECTIONS = ("objective", "seed", "model", "data", "loss", "weights", "reference",
                      "optim", "train")
 # model.scan_layers is not among them: it changes the checkpoint's parameter tree (stacked).
-NOT_TRAINING_KEYS = ("model.remat", "model.attention", "data.eval",
+NOT_TRAINING_KEYS = ("model.remat", "model.attention", "data.eval", "data.logits_windows",
                      "train.log_every", "train.eval_every", "reference.cache_dir")
 PATH_KEYS = ("model.path", "model.tokenizer", "data.train")
 
@@ -154,6 +159,8 @@ def _check_numbers(c: ConfigDict) -> None:
     _check(d.max_buckets >= 0, "data.max_buckets", d.max_buckets,
            "must be >= 0 (0 = every multiple of data.bucket, 1 = always pad to data.max_length)")
     _check(d.sort_window >= 0, "data.sort_window", d.sort_window, "must be >= 0")
+    _check(d.logits_windows >= 1, "data.logits_windows", d.logits_windows,
+           "must be >= 1 (1 = the LM head projects every position)")
     _check(c.checkpoint.every >= 0, "checkpoint.every", c.checkpoint.every, "must be >= 0 (0 = at the end)")
     _check(c.checkpoint.keep >= 1, "checkpoint.keep", c.checkpoint.keep, "must be >= 1")
     _check(c.weights.w_max > 0, "weights.w_max", c.weights.w_max, "must be > 0")

@@ -211,12 +211,21 @@ def _chunked_target_logps(model, h, targets, chunk: int) -> jax.Array:
                          out_specs=P(batch, None), check_vma=False)(h, targets, w)
 
 
-def response_token_logps(model, ids, attention_mask, response_mask, chunk: int = DEFAULT_CHUNK):
-    """Teacher-forced log p(ids[t] | ids[<t]) [B, T] (float32), zero off the response. Traceable."""
+def response_token_logps(model, ids, attention_mask, response_mask, chunk: int = DEFAULT_CHUNK,
+                         window: int | None = None):
+    """Teacher-forced log p(ids[t] | ids[<t]) [B, T] (float32), zero off the response. Traceable.
+
+    `window` (static): project only the last `window` hidden states to the vocabulary (the
+    tokens ids[T - window:]); the caller guarantees that no response token lies before them
+    (`musc_jax.data.batching.logits_window`). Prompt positions then cost no LM-head FLOPs; the
+    values are those of the full projection. None = every position.
+    """
     ids = jnp.asarray(ids, jnp.int32)
     h, _ = model.hidden_states(ids, jnp.asarray(attention_mask))
-    lp = _chunked_target_logps(model, h[:, :-1], ids[:, 1:], chunk)
-    lp = jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
+    t = ids.shape[1]
+    skip = 0 if window is None or window >= t - 1 else t - 1 - window
+    lp = _chunked_target_logps(model, h[:, skip:-1], ids[:, skip + 1:], chunk)
+    lp = jnp.pad(lp, ((0, 0), (skip + 1, 0)))
     return lp * jnp.asarray(response_mask).astype(lp.dtype)
 
 

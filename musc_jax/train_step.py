@@ -32,11 +32,15 @@ class StepConfig:
     weight_kind: str = "kl"
     w_max: float = 2.0
     grad_accum: int = 1
+    # The LM head projects only the last this many positions (no response token before them:
+    # the trainer sets it per batch from `logits_window`); None = every position.
+    logits_window: int | None = None
 
 
-def _forward_logps(graphdef, params, ids, mask, response_mask):
+def _forward_logps(graphdef, params, ids, mask, response_mask, window: int | None = None):
     """Teacher-forced per-token log-probs [B, T] of the response tokens (0 elsewhere)."""
-    return response_token_logps(nnx.merge(graphdef, params), ids, mask, response_mask)
+    return response_token_logps(nnx.merge(graphdef, params), ids, mask, response_mask,
+                                window=window)
 
 
 def _pair_inputs(batch):
@@ -68,9 +72,10 @@ def preference_loss_fn(graphdef, cfg: StepConfig, pair_loss: Callable = preferen
     def loss(params, batch, ref_params):
         ids, mask, resp = _pair_inputs(batch)
         b = batch["chosen_ids"].shape[0]
-        policy = _forward_logps(graphdef, params, ids, mask, resp)
+        policy = _forward_logps(graphdef, params, ids, mask, resp, cfg.logits_window)
         if cfg.reference == "online":
-            ref = jax.lax.stop_gradient(_forward_logps(graphdef, ref_params, ids, mask, resp))
+            ref = jax.lax.stop_gradient(
+                _forward_logps(graphdef, ref_params, ids, mask, resp, cfg.logits_window))
         elif cfg.reference == "precompute":
             ref = jnp.concatenate([batch["ref_chosen_token_logps"], batch["ref_rejected_token_logps"]]) * resp
         else:
@@ -92,12 +97,12 @@ def preference_loss_fn(graphdef, cfg: StepConfig, pair_loss: Callable = preferen
     return loss
 
 
-def sft_loss_fn(graphdef) -> Callable:
+def sft_loss_fn(graphdef, window: int | None = None) -> Callable:
     """Token-mean negative log-likelihood of the response tokens."""
 
     def loss(params, batch, ref_params=None):
         resp = batch["response_mask"]
-        logps = _forward_logps(graphdef, params, batch["ids"], batch["mask"], resp)
+        logps = _forward_logps(graphdef, params, batch["ids"], batch["mask"], resp, window)
         n = jnp.maximum(jnp.sum(resp), 1.0)
         value = -jnp.sum(logps) / n
         metrics = {"loss": value, "loss/sft": jnp.mean(sft_loss(logps, resp)),
@@ -109,7 +114,7 @@ def sft_loss_fn(graphdef) -> Callable:
 
 def make_loss_fn(graphdef, cfg: StepConfig, pair_loss: Callable | None = None) -> Callable:
     if cfg.objective == "sft":
-        return sft_loss_fn(graphdef)
+        return sft_loss_fn(graphdef, cfg.logits_window)
     return preference_loss_fn(graphdef, cfg, pair_loss or preference_loss)
 
 

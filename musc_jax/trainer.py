@@ -13,6 +13,7 @@ latest update, and the loss they give on the latest batch, must be finite.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import shutil
@@ -134,27 +135,17 @@ class Trainer:
     # ---- compilation -------------------------------------------------------------------------
 
     def _compile(self, pair_loss: Callable | None) -> None:
+        self._pair_loss = pair_loss
+        self._train_steps: dict[int | None, Callable] = {}
         if self.lora is None:
-            step_fn = make_train_step(self.graphdef, self.cfg, self.tx, self.schedule, pair_loss)
             eval_fn = make_eval_step(self.graphdef, self.cfg, pair_loss)
         else:
-            step_fn = lora_lib.make_train_step(self.graphdef, self.cfg, self.lora, self.tx,
-                                               self.schedule, pair_loss)
             eval_fn = lora_lib.make_eval_step(self.graphdef, self.cfg, self.lora, pair_loss)
-
-        def counted(*args):
-            self.trace_count += 1
-            return step_fn(*args)
-
         replicated = NamedSharding(self.mesh, P())
         ref_sh = self.param_shardings if self.ref_params is not None else None
         if self.lora is not None:
             ref_sh = self.base_shardings
-        batch_sh = self.data.batch_sharding
-        self._train_step = jax.jit(
-            counted, in_shardings=(self.param_shardings, self.opt_shardings, batch_sh, ref_sh),
-            out_shardings=(self.param_shardings, self.opt_shardings, replicated),
-            donate_argnums=(0, 1))
+        self._ref_sharding = ref_sh
         # Eval batches have no microbatch axis: their rows lie on axis 0, where a training batch
         # with grad_accum > 1 has its microbatches.
         eval_sh = self.data.eval_batch_sharding
@@ -168,6 +159,29 @@ class Trainer:
 
         self._check_step = jax.jit(flat_eval)
         self._finite_leaves = jax.jit(lambda t: jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), t))
+
+    def train_step_for(self, window: int | None) -> Callable:
+        """The jitted train step whose LM head projects the last `window` positions (None =
+        all): one per window the batches use (`data.logits_windows` bounds them per length)."""
+        if window not in self._train_steps:
+            cfg = dataclasses.replace(self.cfg, logits_window=window)
+            if self.lora is None:
+                step_fn = make_train_step(self.graphdef, cfg, self.tx, self.schedule, self._pair_loss)
+            else:
+                step_fn = lora_lib.make_train_step(self.graphdef, cfg, self.lora, self.tx,
+                                                   self.schedule, self._pair_loss)
+
+            def counted(*args):
+                self.trace_count += 1
+                return step_fn(*args)
+
+            self._train_steps[window] = jax.jit(
+                counted, in_shardings=(self.param_shardings, self.opt_shardings,
+                                       self.data.batch_sharding, self._ref_sharding),
+                out_shardings=(self.param_shardings, self.opt_shardings,
+                               NamedSharding(self.mesh, P())),
+                donate_argnums=(0, 1))
+        return self._train_steps[window]
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -255,8 +269,8 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 t0 = time.time()
-                batch = self.data.next_train_batch()
-                self.params, self.opt_state, metrics = self._train_step(
+                batch, window = self.data.next_train()
+                self.params, self.opt_state, metrics = self.train_step_for(window)(
                     self.params, self.opt_state, batch, self.ref_params)
                 self.step += 1
                 if pending is not None:

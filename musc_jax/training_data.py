@@ -7,6 +7,7 @@ leading microbatch axis), and whose loader position is saved in checkpoints.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from ml_collections import ConfigDict
 
 from musc_jax.data import pairs_io
 from musc_jax.distributed import all_processes
-from musc_jax.data.batching import (BatchingConfig, PairLoader, Tokenized, collate_pairs,
+from musc_jax.data.batching import (BatchingConfig, PairLoader, Tokenized, collate_pairs, logits_window,
                                     tokenize_pairs, tokenize_sft)
 from musc_jax.errors import UserError
 from musc_jax.scoring import response_token_logps
@@ -29,7 +30,7 @@ from musc_jax.scoring import response_token_logps
 log = logging.getLogger(__name__)
 
 # Keys the loader adds for bookkeeping that the step does not read.
-_HOST_ONLY_KEYS = ("index", "has_alt")
+_HOST_ONLY_KEYS = ("index", "has_alt", "logits_window")
 REF_FIELDS = {"chosen": "ref_chosen_token_logps", "rejected": "ref_rejected_token_logps"}
 
 
@@ -66,8 +67,15 @@ class TrainingData:
                 _sharding(self.mesh, v.ndim, accum > 1), v, tuple(global_shape))
         return out
 
+    def next_train(self) -> tuple[dict[str, jax.Array], int | None]:
+        """The next training batch (placed on the mesh) and its LM-head window (None = all
+        positions; static for the step, the same on every process)."""
+        host = next(self.train_loader)
+        window = int(host.get("logits_window", 0)) or None
+        return self._place(host, self.grad_accum), window
+
     def next_train_batch(self) -> dict[str, jax.Array]:
-        return self._place(next(self.train_loader), self.grad_accum)
+        return self.next_train()[0]
 
     def eval_batches(self) -> Iterator[dict[str, jax.Array]]:
         if self.eval_tokenized is None:
@@ -184,9 +192,9 @@ def precompute_reference(graphdef, params, tok: Tokenized, c: ConfigDict, mesh: 
 
     sharding = _sharding(mesh, 2, False)
 
-    @jax.jit
-    def score(params, ids, mask, resp):
-        return response_token_logps(nnx.merge(graphdef, params), ids, mask, resp)
+    @functools.partial(jax.jit, static_argnames="window")
+    def score(params, ids, mask, resp, window):
+        return response_token_logps(nnx.merge(graphdef, params), ids, mask, resp, window=window)
 
     n = len(tok.examples)
     pad_rows = (-n) % batch_size
@@ -197,9 +205,11 @@ def precompute_reference(graphdef, params, tok: Tokenized, c: ConfigDict, mesh: 
         batch = collate_pairs([tok.examples[i] for i in idx], bucket=c.data.bucket,
                               max_length=c.data.max_length, pad_id=tok.pad_id,
                               max_buckets=c.data.max_buckets)
+        window = logits_window([len(tok.examples[i].prompt_ids) for i in idx],
+                               batch["chosen_ids"].shape[1], c.data.logits_windows)
         for side in REF_FIELDS:
             arrs = [jax.device_put(batch[f"{side}_{k}"], sharding) for k in ("ids", "mask", "response_mask")]
-            lp = np.asarray(_gather(score(params, *arrs)))
+            lp = np.asarray(_gather(score(params, *arrs, window=window)))
             for row, i in enumerate(idx):
                 ex = tok.examples[i]
                 start = len(ex.prompt_ids)
@@ -261,7 +271,8 @@ def build_training_data(c: ConfigDict, tokenizer, mesh: Mesh, graphdef, params, 
     loader = PairLoader(train, c.train.batch_size, seed=c.seed, shuffle=c.train.shuffle,
                         process_index=jax.process_index(), process_count=jax.process_count(),
                         bucket=c.data.bucket, max_length=c.data.max_length,
-                        sort_window=c.data.sort_window, max_buckets=c.data.max_buckets)
+                        sort_window=c.data.sort_window, max_buckets=c.data.max_buckets,
+                        logits_windows=c.data.logits_windows)
     total = c.train.epochs * len(loader)
     if c.train.max_steps > 0:
         total = min(total, c.train.max_steps) if c.train.epochs > 0 else c.train.max_steps

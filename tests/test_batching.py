@@ -9,7 +9,7 @@ import pytest
 from toy_tokenizer import ASSISTANT, BOS, END, make_toy_tokenizer
 from transformers import AutoTokenizer
 
-from musc_jax.data.batching import (BatchingConfig, BatchingError, ChatEncoder, PairLoader,
+from musc_jax.data.batching import (BatchingConfig, BatchingError, ChatEncoder, PairLoader, logits_window,
                                     TemplateBoundaryError, TooLongError, bucket_length, bucket_lengths,
                                     collate_pairs,
                                     collate_sft, end_of_turn_token_id, tokenize_pair, tokenize_pairs,
@@ -408,7 +408,46 @@ def test_process_shards_make_up_the_global_batch(examples):
     for step, g in enumerate(glob):
         for k in g:
             local = [parts[p][step][k] for p in range(3)]
+            if k == "logits_window":                                # global, like T
+                assert all(int(x) == int(g[k]) for x in local)
+                continue
             assert len({x.shape[1:] for x in local}) == 1          # all processes agree on T
             np.testing.assert_array_equal(np.concatenate(local), g[k])
     with pytest.raises(ValueError, match="multiple of process_count"):
         PairLoader(examples, batch_size=4, seed=0, process_count=3)
+
+
+def test_logits_window_by_hand():
+    # state t predicts token t+1: prompts of 64 in a length of 256 need the last 192 states
+    assert logits_window([64] * 16, 256, 4) == 192
+    assert logits_window([100, 64, 70], 256, 4) == 192          # the shortest prompt decides
+    assert logits_window([65], 256, 4) == 192                   # 191 rounded up to 3/4
+    assert logits_window([200], 256, 4) == 64
+    assert logits_window([63], 256, 4) is None                  # 193 > 3/4: every state
+    assert logits_window([2], 8, 4) == 6 and logits_window([1], 8, 4) is None
+    assert logits_window([64], 256, 1) is None                  # parts=1: always all states
+    for length in (32, 100, 256):
+        for parts in (2, 3, 4, 8):
+            windows = {logits_window([p], length, parts) for p in range(1, length)}
+            assert len(windows) <= parts
+            for p in range(1, length):
+                w = logits_window([p], length, parts)
+                assert w is None or length - p <= w < length - 1
+
+
+def test_loader_logits_window_covers_every_response(tok):
+    rows = [_row(i, prompt=[{"role": "user", "content": "word " * (20 + 5 * (i % 7))}],
+                 chosen="word " * (1 + i % 4)) for i in range(24)]
+    data = tokenize_pairs(rows, tok, BatchingConfig(max_length=200, max_prompt_length=100))
+    loader = PairLoader(data, batch_size=4, seed=0, bucket=32, max_length=200, num_epochs=2,
+                        logits_windows=4)
+    seen = set()
+    for b in loader:
+        t, w = b["chosen_ids"].shape[1], int(b["logits_window"])
+        for side in ("chosen", "rejected"):
+            first = b[f"{side}_response_mask"].argmax(-1)
+            assert (w == 0 or t - first.min() <= w), (t, w, first)
+        seen.add(w)
+    assert len(seen - {0}) >= 1       # some batch skips prompt positions
+    off = PairLoader(data, batch_size=4, seed=0, bucket=32, max_length=200, num_epochs=1)
+    assert all(int(b["logits_window"]) == 0 for b in off)

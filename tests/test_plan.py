@@ -64,13 +64,13 @@ for mesh in STATE_MESHES:
         sample = t.data.next_train_batch()
         batch = {k: jax.ShapeDtypeStruct((v.shape[0], T), v.dtype, sharding=v.sharding)
                  for k, v in sample.items()}
-        compiled = t._train_step.lower(t.params, t.opt_state, batch, t.ref_params).compile()
+        compiled = t.train_step_for(None).lower(t.params, t.opt_state, batch, t.ref_params).compile()
         res["measured_temp"] = compiled.memory_analysis().temp_size_in_bytes
         res.update({f"planned_temp_{k}": v.step_temporaries(False) for k, v in plans.items()})
     if mesh == (8, 1, 1):  # 16 tokens: parameter-sized temporaries (the update) dominate
         batch = {k: jax.ShapeDtypeStruct((v.shape[0], 16), v.dtype, sharding=v.sharding)
                  for k, v in t.data.next_train_batch().items()}
-        compiled = t._train_step.lower(t.params, t.opt_state, batch, t.ref_params).compile()
+        compiled = t.train_step_for(None).lower(t.params, t.opt_state, batch, t.ref_params).compile()
         res["measured_temp_short"] = compiled.memory_analysis().temp_size_in_bytes
         short = c.copy_and_resolve_references()
         short.data.max_length, short.data.max_prompt_length = 16, 8

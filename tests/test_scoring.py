@@ -9,7 +9,7 @@ import torch
 from hf_models import make_hf_model
 from musc_jax.models import from_pretrained
 from musc_jax.scoring import (KINDS, contrast_stats, contrast_stats_from_logits, contrast_weights,
-                              score, token_logps)
+                              response_token_logps, score, token_logps)
 
 LOGP_ATOL = 1e-4    # issue 3: per-token log-probs vs transformers' log_softmax
 STAT_ATOL = 1e-5    # issue 3: contrast statistics vs float64 numpy from transformers' logits
@@ -171,3 +171,20 @@ def test_contrast_weights():
     assert w.max() <= 2.0 and np.all(w[resp == 0] == 0)
     w3 = np.asarray(contrast_weights(jnp.asarray(stats), jnp.asarray(resp), w_max=3.0))
     assert w3.max() > 2.0
+
+
+def test_logits_window_gives_the_full_projections_values(models, pair_batch):
+    """Projecting only the last `window` states (no response token before them) changes no value;
+    a window that starts inside a response drops exactly the tokens before it."""
+    _, model = models
+    (ids, mask, resp), _ = pair_batch
+    full = np.asarray(score(model, ids, mask, resp))
+    t = ids.shape[1]
+    need = t - int(resp.argmax(-1).min())          # states first_response-1 .. t-2
+    for window in (need, need + 2, t - 1, t + 5):
+        np.testing.assert_allclose(np.asarray(
+            response_token_logps(model, ids, mask, resp, window=window)), full, atol=1e-6, rtol=0)
+    short = np.asarray(response_token_logps(model, ids, mask, resp, window=need - 2))
+    kept = np.arange(t) >= t - (need - 2)
+    np.testing.assert_allclose(short[:, kept], full[:, kept], atol=1e-6, rtol=0)
+    assert np.all(short[:, ~kept] == 0) and np.any(full[:, ~kept] != 0)

@@ -102,3 +102,31 @@ def test_grad_accumulation_equals_full_batch():
     assert abs(float(m1["loss"]) - float(m2["loss"])) < 1e-6
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+@pytest.mark.parametrize("reference", ["online", "precompute"])
+def test_logits_window_step_equals_full_step(reference):
+    """The step whose LM head projects only the window that holds the responses gives the loss
+    and gradients of the full projection (SGD lr 1: the update is the gradient)."""
+    batch = pair_batch(batch=4, length=32, seed=5)
+    first = min(int(batch[f"{s}_response_mask"][i].argmax()) for s in ("chosen", "rejected")
+                for i in range(4))
+    window = 32 - first
+    assert window < 31, "the batch must have prompt positions the window can skip"
+    if reference == "precompute":
+        rng = np.random.default_rng(0)
+        for s in ("chosen", "rejected"):
+            batch[f"ref_{s}_token_logps"] = (-rng.random((4, 32)) * batch[f"{s}_response_mask"]
+                                            ).astype(np.float32)
+    cfg = StepConfig(loss=LossConfig.preset("dpo"), reference=reference)
+    graphdef, params, _, ref, _, _ = _setup(cfg)
+    tx, schedule = optax.sgd(1.0), optax.constant_schedule(1.0)
+    opt_state = tx.init(params)
+    b = jax.tree.map(jnp.asarray, batch)
+    p1, _, m1 = jax.jit(make_train_step(graphdef, cfg, tx, schedule))(params, opt_state, b, ref)
+    cfg_w = StepConfig(loss=LossConfig.preset("dpo"), reference=reference, logits_window=window)
+    p2, _, m2 = jax.jit(make_train_step(graphdef, cfg_w, tx, schedule))(params, opt_state, b, ref)
+    for k in ("loss", "logps/chosen", "logps/rejected"):
+        assert abs(float(m1[k]) - float(m2[k])) <= 1e-5 * max(1.0, abs(float(m1[k]))), k
+    for a, c in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-6)

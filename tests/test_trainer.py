@@ -68,7 +68,8 @@ def test_train_writes_metrics_checkpoints_and_export(tiny, tmp_path):
 
 def test_no_recompilation_after_second_step(tiny, tmp_path):
     # data.max_buckets=1: every batch is padded to data.max_length (128), one shape.
-    t = Trainer(_config(tiny, tmp_path, **{"data.max_buckets": 1, "train.max_steps": 5}))
+    t = Trainer(_config(tiny, tmp_path, **{"data.max_buckets": 1, "train.max_steps": 5,
+                                         "data.logits_windows": 1}))
     t.train()
     t.close()
     assert t.trace_count == 1, f"traced {t.trace_count} times with one bucket"
@@ -222,3 +223,25 @@ def test_eval_step_with_grad_accum_on_a_mesh(tiny, tmp_path):
     means = json.loads(out.strip().splitlines()[-1])
     assert abs(means["loss"] - np.log(2)) < 1e-5  # policy == reference before any step
     assert abs(means["rewards/margins"]) < 1e-6
+
+
+def test_logits_windows_train_exactly_like_the_full_projection(tiny, tmp_path):
+    """data.logits_windows > 1 (the LM head skips prompt-only positions) trains the same model
+    as 1 (every position), with one compiled step per window used."""
+    runs = {}
+    for parts in (1, 8):
+        t = Trainer(_config(tiny, tmp_path / str(parts), **{
+            "data.logits_windows": parts, "data.max_buckets": 1, "train.max_steps": 4,
+            "checkpoint.every": 0}))
+        t.train()
+        windows, traces = set(t._train_steps), t.trace_count
+        params = jax.device_get(t.params)
+        t.close()
+        lines = [json.loads(x) for x in (tmp_path / str(parts) / "metrics.jsonl").read_text().splitlines()]
+        runs[parts] = ([x["loss"] for x in lines if x["split"] == "train"], params, windows, traces)
+    (loss1, p1, w1, n1), (loss8, p8, w8, n8) = runs[1], runs[8]
+    assert w1 == {None} and n1 == 1
+    assert any(w is not None for w in w8) and n8 == len(w8)
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -168,6 +168,25 @@ def bucket_length(n: int, bucket: int, max_length: int | None = None, max_bucket
     return lengths[min(bisect.bisect_left(lengths, n), len(lengths) - 1)]
 
 
+def logits_window(prompt_lengths: Sequence[int], length: int, parts: int) -> int | None:
+    """How many of the last hidden states the LM head must project for a batch padded to
+    `length` whose responses start after prompts of `prompt_lengths` tokens; None = all of them.
+
+    State t predicts token t + 1, so a response that starts at token p needs states p-1 .. and a
+    batch needs its last `length - min(prompt_lengths)` states. The window is rounded up to the
+    next of `ceil(k * length / parts)`, k = 1 .. parts - 1, so each padded length compiles at
+    most `parts` windows (shapes); `parts` <= 1, or a window that would cover every state: None.
+    """
+    if parts <= 1 or not len(prompt_lengths):
+        return None
+    need = length - min(int(n) for n in prompt_lengths)
+    for k in range(1, parts):
+        w = -(-k * length // parts)
+        if w >= need:
+            return w if w < length - 1 else None
+    return None
+
+
 # ----------------------------------------------------------------------------------------------
 # Chat-template encoding
 
@@ -593,13 +612,17 @@ class PairLoader:
     batch_size // process_count rows, padded to the length bucketed over the whole global batch
     (so all processes agree on shapes). `state()` / `restore()` resume exactly.
 
+    Each batch also carries `logits_window` (host-side, 0-d int32): `logits_window(...)` of its
+    global batch with `logits_windows` parts, 0 = every position (see the trainer).
+
     The loader is an infinite iterator over epochs unless `num_epochs` is given.
     """
 
     def __init__(self, examples: Sequence, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, process_index: int = 0, process_count: int = 1, *,
                  bucket: int | None = None, max_length: int | None = None, pad_id: int | None = None,
-                 sort_window: int = 0, num_epochs: int | None = None, max_buckets: int = 0):
+                 sort_window: int = 0, num_epochs: int | None = None, max_buckets: int = 0,
+                 logits_windows: int = 1):
         if pad_id is None:
             pad_id = getattr(examples, "pad_id", 0)
         examples = examples.examples if isinstance(examples, Tokenized) else list(examples)
@@ -626,6 +649,7 @@ class PairLoader:
         self.pad_id = pad_id
         self.sort_window = sort_window
         self.num_epochs = num_epochs
+        self.logits_windows = int(logits_windows)
         self.epoch, self.position = 0, 0
         self._cache: tuple[int, list[np.ndarray]] | None = None
 
@@ -686,10 +710,15 @@ class PairLoader:
                                self.max_buckets)
         local = len(idx) // self.process_count
         mine = idx[self.process_index * local:(self.process_index + 1) * local]
-        return collate([self.examples[i] for i in mine], length, pad_id=self.pad_id, indices=mine)
+        out = collate([self.examples[i] for i in mine], length, pad_id=self.pad_id, indices=mine)
+        # Over the global batch, like the length, so that every process compiles the same step.
+        window = logits_window([len(self.examples[i].prompt_ids) for i in idx], length,
+                               self.logits_windows)
+        out["logits_window"] = np.asarray(window or 0, np.int32)
+        return out
 
 
 __all__ = ["BatchingConfig", "BatchingError", "ChatEncoder", "PairExample", "PairLoader", "SftExample",
            "TemplateBoundaryError", "TooLongError", "Tokenized", "bucket_length", "bucket_lengths",
-           "collate", "collate_pairs", "collate_sft", "end_of_turn_token_id", "tokenize_pair", "tokenize_pairs", "tokenize_sft",
+           "collate", "collate_pairs", "collate_sft", "end_of_turn_token_id", "logits_window", "tokenize_pair", "tokenize_pairs", "tokenize_sft",
            "tokenize_sft_row"]
