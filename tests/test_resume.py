@@ -10,7 +10,7 @@ from subproc import run_python
 from trainer_fixtures import model_dir, pairs_file
 
 RUN = r"""
-import os, signal, sys, time
+import os, signal, sys
 from musc_jax.config import base_config
 from musc_jax.trainer import Trainer
 c = base_config()
@@ -25,7 +25,7 @@ t = Trainer(c)
 print("start", t.step, flush=True)
 def maybe_die(tr):
     if tr.step == kill_at:
-        time.sleep(1.0)  # let the step-4 save land, as it would on a real cluster
+        tr.checkpointer.wait()  # let the step-4 save land, as it would on a real cluster
         os.kill(os.getpid(), signal.SIGKILL)
 t.callbacks.append(maybe_die)
 t.train()
