@@ -6,7 +6,9 @@
 Each variant is one `python -m musc_jax.train --config configs/smollm2_musc.py` run (a fresh
 process) with the overrides below; the base model is evaluated once. `musc_seq` (sequence DPO
 only) trains on the pairs the `musc` run of the same seed built (`pipeline.pairs`), so the two
-compare the loss on identical data. After the `--seeds` sweep, `--best-seeds` runs the two
+compare the loss on identical data; when that run's work dir is gone, it builds them again with
+the same build config and seed, and its summary records whether the rebuild matches the build
+stats committed for `musc` (`pairs_rebuilt`). After the `--seeds` sweep, `--best-seeds` runs the two
 variants with the highest mean prompt-level strict accuracy again at those seeds (three seeds
 for the best two, as the issue asks). Finished runs are skipped when the script is started
 again. The default job, run as
@@ -185,16 +187,45 @@ def run_variant(name: str, seed: int, out: Path, extra: list[str]) -> None:
             _write_summary(summarise(name, seed, wd, _wall(wd)))
         return
     overrides = list(VARIANTS[name][2])
+    owner_stats: dict | None = None
     if name in SHARED_PAIRS:
         owner = out / f"{SHARED_PAIRS[name]}_seed{seed}" / "build" / "pairs"
-        if not owner.exists():
-            print(f"{name} seed {seed}: skipped, {owner} is missing (run {SHARED_PAIRS[name]})")
-            return
-        overrides.append(f"--config.pipeline.pairs={owner}")
+        if owner.exists():
+            overrides.append(f"--config.pipeline.pairs={owner}")
+        else:
+            # The owner's work dir is gone: this run builds the pairs again itself, with the
+            # owner's build config and seed (the variant changes only the loss), and checks
+            # below that they are the same pairs by the owner's recorded build stats.
+            owner_stats = _owner_build_stats(SHARED_PAIRS[name], seed)
+            print(f"{name} seed {seed}: {owner} is missing; building the same pairs again")
     wall = _train([*overrides, f"--config.seed={seed}", "--config.pipeline.eval_before=False",
                    *extra], wd)
-    _write_summary(summarise(name, seed, wd, wall))
+    summary = summarise(name, seed, wd, wall)
+    if owner_stats is not None:
+        summary["pairs_rebuilt"] = same_build(owner_stats, json.loads(
+            (wd / "build" / "stats.json").read_text()))
+    _write_summary(summary)
     print(f"{name} seed {seed}: {wall:.0f}s", flush=True)
+
+
+def _owner_build_stats(owner: str, seed: int) -> dict | None:
+    """The build stats of a run whose work dir is gone: only the default run's (`musc` seed 0)
+    are committed, under docs/results/smollm2_default_seed0."""
+    path = REPO / "docs" / "results" / f"smollm2_default_seed{seed}" / "stats.json"
+    return json.loads(path.read_text()) if owner == "musc" and path.is_file() else None
+
+
+def same_build(owner: dict | None, rebuilt: dict) -> dict:
+    """Whether a rebuild made the owner's pairs: the same count, negativity rate and token-weight
+    mass per constraint type (functions of every pair's text and weights); the largest gap."""
+    if owner is None:
+        return {"checked": False, "why": "no build stats of the owner run"}
+    keys = ("pairs", "negativity_rate")
+    a, b = owner.get("weight_mass_by_constraint", {}), rebuilt.get("weight_mass_by_constraint", {})
+    gap = max((abs(a[k] - b[k]) for k in a.keys() & b.keys()), default=0.0)
+    same = all(owner.get(k) == rebuilt.get(k) for k in keys) and a.keys() == b.keys() and gap < 1e-6
+    return {"checked": True, "same": same, "weight_mass_max_gap": gap,
+            **{f"owner_{k}": owner.get(k) for k in keys}, **{k: rebuilt.get(k) for k in keys}}
 
 
 def _mean_sd(xs: list[float]) -> str:
