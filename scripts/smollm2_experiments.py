@@ -10,8 +10,8 @@ compare the loss on identical data; when that run's work dir is gone, it builds 
 the same build config and seed, and its summary records whether the rebuild matches the build
 stats committed for `musc` (`pairs_rebuilt`). After the `--seeds` sweep, `--best-seeds` runs the two
 variants with the highest mean prompt-level strict accuracy again at those seeds (three seeds
-for the best two, as the issue asks). Finished runs are skipped when the script is started
-again. The default job, run as
+for the best two, as the issue asks). Finished runs (a work dir with `eval_after.json`, or a
+committed summary) are skipped when the script is started again. The default job, run as
 
     python -m musc_jax.train --config configs/smollm2_musc.py \
         --config.workdir=runs/smollm2_experiments/musc_seed0
@@ -182,9 +182,15 @@ def _write_summary(summary: dict) -> None:
 
 def run_variant(name: str, seed: int, out: Path, extra: list[str]) -> None:
     wd = out / f"{name}_seed{seed}"
+    summary_path = SUMMARIES / f"{name}_seed{seed}.json"
     if (wd / "eval_after.json").exists():
-        if not (SUMMARIES / f"{name}_seed{seed}.json").exists():   # e.g. the default run, by hand
+        if not summary_path.exists():   # e.g. the default run, by hand
             _write_summary(summarise(name, seed, wd, _wall(wd)))
+        return
+    if summary_path.exists():
+        # a committed summary is the run's record even when its work dir is gone (another
+        # machine, a fresh clone); delete the summary to run it again
+        print(f"{name} seed {seed}: {summary_path.name} exists; skipped", flush=True)
         return
     overrides = list(VARIANTS[name][2])
     owner_stats: dict | None = None

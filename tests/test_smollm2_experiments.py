@@ -1,10 +1,13 @@
-"""scripts/smollm2_experiments.py: the check that a rebuilt pairs set is the owner run's."""
+"""scripts/smollm2_experiments.py: the check that a rebuilt pairs set is the owner run's, and
+which runs a restart skips."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("smollm2_experiments",
@@ -29,3 +32,23 @@ def test_same_build_compares_count_negativity_and_weight_mass():
     assert not fewer["same"] and fewer["pairs"] == owner["pairs"] - 1
     assert experiments.same_build(None, owner) == {"checked": False,
                                                    "why": "no build stats of the owner run"}
+
+
+def test_restart_skips_runs_with_a_committed_summary(tmp_path, monkeypatch):
+    """A run whose summary is committed is not run again though its work dir is gone; one
+    without a summary is (the check can fail)."""
+    monkeypatch.setattr(experiments, "SUMMARIES", tmp_path / "summaries")
+    (tmp_path / "summaries").mkdir()
+    (tmp_path / "summaries" / "musc_seed1.json").write_text("{}")
+    started = []
+
+    def fake_train(overrides: list[str], workdir: Path) -> float:
+        started.append(workdir.name)
+        raise RuntimeError("stop before running")
+
+    monkeypatch.setattr(experiments, "_train", fake_train)
+    experiments.run_variant("musc", 1, tmp_path / "runs", [])
+    assert started == []
+    with pytest.raises(RuntimeError, match="stop before running"):
+        experiments.run_variant("random", 1, tmp_path / "runs", [])
+    assert started == ["random_seed1"]
