@@ -12,11 +12,16 @@ vocabulary in time chunks, so at most one [B, chunk, V] log-softmax per conditio
 (without a mesh, logits under SMALL_LOGITS_BYTES are projected in one piece instead). The LM
 head is gathered once, before the chunk loop; on a mesh the loop runs per device (shard_map) so
 its gradient is reduced once, and logits stay vocabulary-sharded when tensor > 1.
+
+A model whose parameters live on a mesh (e.g. a policy loaded for pair building) scores its
+batches data-parallel inside `split_rows(model)`: rows are split over the mesh's replicas
+(`data` x `fsdp`) instead of every replica computing the whole batch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -253,6 +258,54 @@ def compute_contrast_stats(model, ids_x, mask_x, ids_alt, mask_alt, response_mas
 
     s = _time_chunks(one, chunk, hx[:, :-1], ha, ids_x[:, 1:]) * valid
     return jnp.concatenate([jnp.zeros_like(s[:, :1]), s], axis=1)
+
+
+def param_mesh(model):
+    """The mesh the model's parameters are placed on (NamedSharding), or None."""
+    for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding):
+            return sharding.mesh
+        return None
+    return None
+
+
+def replica_rows(mesh) -> int:
+    """How many replicas split a batch's rows on `mesh` (data x fsdp; 1 without a mesh)."""
+    return 1 if mesh is None else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+
+
+@contextlib.contextmanager
+def split_rows(model) -> Iterator[Callable[[Mapping[str, np.ndarray]], dict[str, jax.Array]]]:
+    """Score data-parallel on the mesh of the model's parameters, if it has one.
+
+    Inside the block the model's activations are constrained to rows split over ("data", "fsdp")
+    (restored on exit: a policy's generation keeps its own layout), and the yielded `place(batch)`
+    puts a batch of numpy arrays ([B, ...], B a multiple of `replica_rows`) row-split on the mesh.
+    Without it each replica computes the whole batch: the same values, N times the work.
+    Without a mesh `place` is `jnp.asarray` and nothing changes.
+    """
+    mesh = param_mesh(model)
+    if mesh is None or replica_rows(mesh) == 1 or model.activation_sharding is not None:
+        # No mesh, one replica, or already split (a trainer's model): nothing to do.
+        yield lambda batch: {k: jnp.asarray(v) for k, v in batch.items()}
+        return
+    rows = NamedSharding(mesh, P(("data", "fsdp")))
+
+    def place(batch):
+        out = {}
+        for k, v in batch.items():
+            if v.shape[0] % replica_rows(mesh):
+                raise ValueError(f"batch[{k!r}] has {v.shape[0]} rows: a multiple of the mesh's "
+                                 f"{replica_rows(mesh)} replicas is needed to split them")
+            out[k] = jax.device_put(v, rows)
+        return out
+
+    model.activation_sharding = NamedSharding(mesh, P(("data", "fsdp"), None, None))
+    try:
+        yield place
+    finally:
+        model.activation_sharding = None
 
 
 _JIT_CACHE: dict[Any, Callable] = {}

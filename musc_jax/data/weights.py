@@ -28,6 +28,7 @@ was corrupted on (for logging which constraints the token-level signal concentra
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -177,6 +178,20 @@ class WeightStats:
         return d
 
 
+@contextlib.contextmanager
+def _scoring_batches(model, batch_size: int):
+    """(place, rows per batch) for the reference model's batches: on a mesh each replica scores
+    its own rows (`scoring.split_rows`), so the batch grows to a multiple of the replicas."""
+    if model is None:
+        yield (lambda batch: batch), batch_size
+        return
+    from musc_jax.scoring import param_mesh, replica_rows, split_rows
+
+    n = replica_rows(param_mesh(model))
+    with split_rows(model) as place:
+        yield place, -(-batch_size // n) * n
+
+
 def compute_token_weights(rows: Sequence[Mapping], tokenizer, cfg: WeightConfig | Mapping,
                           model=None) -> tuple[list[dict], WeightStats]:
     """Rows with `chosen_weights` / `rejected_weights` (and optionally reference log-probs) added.
@@ -214,45 +229,46 @@ def compute_token_weights(rows: Sequence[Mapping], tokenizer, cfg: WeightConfig 
         kept.append(i)
         examples.append(ex)
     values: list[dict[str, np.ndarray]] = [{} for _ in examples]
+    with _scoring_batches(model, cfg.batch_size) as (place, batch_size):
+        if cfg.kind == "uniform":
+            for ex, v in zip(examples, values):
+                v["chosen_weights"] = np.ones(len(ex.chosen_ids), np.float32)
+                v["rejected_weights"] = np.ones(len(ex.rejected_ids), np.float32)
+        elif cfg.kind == "diff":
+            for ex, v in zip(examples, values):
+                v["chosen_weights"], v["rejected_weights"] = diff_weights(
+                    ex.chosen_ids, ex.rejected_ids, cfg.w_hi, cfg.w_lo)
+        else:
+            with_alt = [j for j, ex in enumerate(examples) if ex.has_alt]
+            for j, ex in enumerate(examples):
+                if not ex.has_alt:
+                    stats.no_rejected_prompt += 1
+                    values[j]["chosen_weights"] = np.ones(len(ex.chosen_ids), np.float32)
+                    values[j]["rejected_weights"] = np.ones(len(ex.rejected_ids), np.float32)
+            sub = [examples[j] for j in with_alt]
+            for idx, padded in _model_batches(sub, batch_size):
+                batch = place(collate_pairs([sub[k] for k in padded], bucket=cfg.bucket,
+                                            max_length=cfg.max_length, pad_id=encoder.pad_id))
+                out = batch_token_weights(model, batch, cfg.kind, cfg.w_max, cfg.chunk)
+                for row, k in enumerate(idx):
+                    ex, v = sub[k], values[with_alt[k]]
+                    for side in SIDES:
+                        v[WEIGHT_FIELD[side]] = _response_values(out[WEIGHT_FIELD[side]], row,
+                                                                 ex, side)
+                        if not _response_values(out[f"{side}_stats"], row, ex, side).any():
+                            stats.zero_contrast += 1
 
-    if cfg.kind == "uniform":
-        for ex, v in zip(examples, values):
-            v["chosen_weights"] = np.ones(len(ex.chosen_ids), np.float32)
-            v["rejected_weights"] = np.ones(len(ex.rejected_ids), np.float32)
-    elif cfg.kind == "diff":
-        for ex, v in zip(examples, values):
-            v["chosen_weights"], v["rejected_weights"] = diff_weights(
-                ex.chosen_ids, ex.rejected_ids, cfg.w_hi, cfg.w_lo)
-    else:
-        with_alt = [j for j, ex in enumerate(examples) if ex.has_alt]
-        for j, ex in enumerate(examples):
-            if not ex.has_alt:
-                stats.no_rejected_prompt += 1
-                values[j]["chosen_weights"] = np.ones(len(ex.chosen_ids), np.float32)
-                values[j]["rejected_weights"] = np.ones(len(ex.rejected_ids), np.float32)
-        sub = [examples[j] for j in with_alt]
-        for idx, padded in _model_batches(sub, cfg.batch_size):
-            batch = collate_pairs([sub[k] for k in padded], bucket=cfg.bucket,
-                                  max_length=cfg.max_length, pad_id=encoder.pad_id)
-            out = batch_token_weights(model, batch, cfg.kind, cfg.w_max, cfg.chunk)
-            for row, k in enumerate(idx):
-                ex, v = sub[k], values[with_alt[k]]
-                for side in SIDES:
-                    v[WEIGHT_FIELD[side]] = _response_values(out[WEIGHT_FIELD[side]], row, ex, side)
-                    if not _response_values(out[f"{side}_stats"], row, ex, side).any():
-                        stats.zero_contrast += 1
-
-    if cfg.ref_logps:
-        # Reference log-probs need only x: drop the alt sequences (smaller batches).
-        plain = [dataclasses.replace(ex, alt_prompt_ids=None, has_alt=False) for ex in examples]
-        for idx, padded in _model_batches(plain, cfg.batch_size):
-            batch = collate_pairs([plain[k] for k in padded], bucket=cfg.bucket,
-                                  max_length=cfg.max_length, pad_id=encoder.pad_id)
-            out = batch_ref_logps(model, batch, cfg.chunk)
-            for row, k in enumerate(idx):
-                for side in SIDES:
-                    values[k][REF_FIELD[side]] = _response_values(out[REF_FIELD[side]], row,
-                                                                  plain[k], side)
+        if cfg.ref_logps:
+            # Reference log-probs need only x: drop the alt sequences (smaller batches).
+            plain = [dataclasses.replace(ex, alt_prompt_ids=None, has_alt=False) for ex in examples]
+            for idx, padded in _model_batches(plain, batch_size):
+                batch = place(collate_pairs([plain[k] for k in padded], bucket=cfg.bucket,
+                                            max_length=cfg.max_length, pad_id=encoder.pad_id))
+                out = batch_ref_logps(model, batch, cfg.chunk)
+                for row, k in enumerate(idx):
+                    for side in SIDES:
+                        values[k][REF_FIELD[side]] = _response_values(out[REF_FIELD[side]], row,
+                                                                      plain[k], side)
 
     result = []
     for i, v in zip(kept, values):
