@@ -77,9 +77,9 @@ def categorize(hlo: str, vocab: int, attn_shape: str) -> dict[str, tuple[str, st
 def decode_program(model, slots: int, length: int, max_new: int, mode: SamplingMode):
     """The engine's jitted decode segment and a state of `slots` live rows."""
     graphdef, params = nnx.split(model)
-    fn = jax.jit(functools.partial(continuous._decode, graphdef,
-                                   st=continuous._Static(mode, max_new), shardings=None),
-                 donate_argnums=1)
+    fn = continuous.decode_jit(functools.partial(continuous._decode, graphdef,
+                                                 st=continuous._Static(mode, max_new),
+                                                 shardings=None), slots, donate_argnums=1)
     return fn, params
 
 
