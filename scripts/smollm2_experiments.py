@@ -41,6 +41,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from musc_jax.paired import paired_difference  # noqa: E402
+
 CONFIG = "configs/smollm2_musc.py"
 SUMMARIES = REPO / "docs" / "results" / "smollm2"
 TABLE = REPO / "docs" / "results" / "smollm2_results"
@@ -68,6 +71,8 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
 SHARED_PAIRS = {"musc_seq": "musc"}
 METRICS = ("prompt_level_strict", "instruction_level_strict", "prompt_level_loose",
            "instruction_level_loose")
+DEV = REPO.parent / "shared" / "data" / "ifeval_dev.jsonl"
+PAIRED_REFERENCE = "musc"      # the paper's recipe; every other trained row is compared with it
 
 
 def _train(overrides: list[str], workdir: Path) -> float:
@@ -246,6 +251,46 @@ def _paired_cell(runs: list[dict]) -> str:
     return "; ".join(cells) or "-"
 
 
+def _dev_keys() -> list[int]:
+    return [json.loads(line)["key"] for line in DEV.read_text().splitlines() if line.strip()]
+
+
+def paired_section(groups: dict[str, list[dict]], keys: list[int]) -> list[str]:
+    """Markdown lines: PAIRED_REFERENCE minus every other trained variant in prompt-level strict
+    points, each variant's seeds averaged per prompt, with a 95% bootstrap interval over the
+    prompts (`musc_jax.paired`). Prompt level only: the summaries keep the prompts each run
+    passed (`strict_pass`), not its per-constraint results, so each prompt enters as one
+    constraint and the instruction-level fields of the comparison are not used. Runs whose
+    summary predates `strict_pass` are left out, and named."""
+    kept = {n: [r for r in runs if "strict_pass" in r] for n, runs in groups.items()}
+    missing = [f"{r['variant']} seed {r['seed']}" for n, runs in groups.items() if n != "base"
+               for r in runs if "strict_pass" not in r]
+    ref = kept.get(PAIRED_REFERENCE)
+    if not ref:
+        return []
+
+    def rows(run: dict) -> list[list[int]]:
+        passed = set(run["strict_pass"])
+        return [[k, int(k in passed), int(k in passed), 1] for k in keys]
+
+    lines = ["", f"Paired on the same {len(keys)} prompts: {PAIRED_REFERENCE} minus each row, "
+             "prompt-level strict points (positive: MuSC is better), seeds averaged per prompt "
+             "first, [95% bootstrap interval over prompts, 10,000 resamples] (prompt sampling "
+             "only: read it beside the seed spread above).", "",
+             "| row | seeds (musc; row) | prompt-level: musc - row [95% CI] |", "|---|---|---|"]
+    for name, runs in kept.items():
+        if name in ("base", PAIRED_REFERENCE) or not runs:
+            continue
+        d = paired_difference([rows(r) for r in ref], [rows(r) for r in runs])
+        seeds = "; ".join(",".join(str(r["seed"]) for r in rs) for rs in (ref, runs))
+        lines.append(f"| {runs[0]['label']} | {seeds} | "
+                     f"{d['prompt_diff']:+.1f} [{d['prompt_ci'][0]:+.1f}, {d['prompt_ci'][1]:+.1f}] |")
+    if missing:
+        lines += ["", f"Not in the paired rows (their summaries predate the per-prompt record): "
+                  f"{', '.join(missing)}."]
+    return lines
+
+
 def write_table() -> dict:
     """results.md / .json from the summaries under docs/results/smollm2."""
     runs = [json.loads(p.read_text()) for p in sorted(SUMMARIES.glob("*.json"))]
@@ -272,7 +317,10 @@ def write_table() -> dict:
                      f"{_mean_sd(vals['instruction_level_strict'])} | "
                      f"{_mean_sd(vals['prompt_level_loose'])} | {_paired_cell(rs)} | "
                      f"{statistics.mean(r['wall_s'] for r in rs) / 60:.0f} |")
-    text = "\n".join(lines) + "\n\n± is the standard deviation over seeds; ifeval_dev, greedy.\n"
+    ordered = {n: groups[n] for n in ["base", *VARIANTS] if n in groups}
+    lines += ["", "± is the standard deviation over seeds; ifeval_dev, greedy.",
+              *paired_section(ordered, _dev_keys())]
+    text = "\n".join(lines) + "\n"
     TABLE.with_suffix(".md").write_text(text)
     TABLE.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
     print(text)

@@ -1,5 +1,5 @@
-"""scripts/smollm2_experiments.py: the check that a rebuilt pairs set is the owner run's, and
-which runs a restart skips."""
+"""scripts/smollm2_experiments.py: the check that a rebuilt pairs set is the owner run's, which
+runs a restart skips, and the paired comparison with MuSC."""
 
 from __future__ import annotations
 
@@ -52,3 +52,22 @@ def test_restart_skips_runs_with_a_committed_summary(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="stop before running"):
         experiments.run_variant("random", 1, tmp_path / "runs", [])
     assert started == ["random_seed1"]
+
+
+def test_paired_section_compares_musc_with_each_row_per_prompt():
+    """Hand-checked: on 4 prompts MuSC (one seed) passes 1, 2, 3 and random passes 1 at seed 1
+    and 1, 4 at seed 2, so per prompt random averages (1, 0, 0, 0.5) and MuSC leads by
+    (0 + 1 + 1 - 0.5) / 4 = 37.5 points; a run without `strict_pass` is named, not used."""
+    run = lambda variant, seed, passed: {"variant": variant, "seed": seed,  # noqa: E731
+                                         "label": variant, "strict_pass": passed}
+    groups = {"base": [run("base", None, [1])],
+              "random": [run("random", 1, [1]), run("random", 2, [1, 4]),
+                         {"variant": "random", "seed": 0, "label": "random"}],
+              "musc": [run("musc", 1, [1, 2, 3])]}
+    lines = experiments.paired_section(groups, [1, 2, 3, 4])
+    row = next(line for line in lines if line.startswith("| random |"))
+    assert row.startswith("| random | 1; 1,2 | +37.5 [")
+    lo, hi = (float(x) for x in row.split("[")[1].split("]")[0].split(","))
+    assert lo <= 37.5 <= hi
+    assert lines[-1].endswith("random seed 0.")
+    assert experiments.paired_section({"random": groups["random"]}, [1, 2, 3, 4]) == []
