@@ -92,7 +92,7 @@ def torch_dense(ws, x, head: bool):
     return F.linear(x, ws["head"][0]) if head else x
 
 
-def best_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
@@ -102,12 +102,12 @@ def best_time(fn, repeats: int) -> float:
     return median(times)
 
 
-def dense_times(cfg: ModelConfig, rows: list[int], head: bool, repeats: int) -> dict:
-    """{rows: {library: seconds}} for one dense pass over `rows` rows."""
+def dense_times(cfg: ModelConfig, ws: dict[str, list[np.ndarray]], rows: list[int], head: bool,
+                repeats: int) -> dict:
+    """{rows: {library: seconds}} for one dense pass over `rows` rows with the weights `ws`."""
     import torch
 
     torch.set_num_threads(os.cpu_count())
-    ws = dense_weights(cfg)
     jws = jax.tree.map(jnp.asarray, ws)
     tws = {k: [torch.from_numpy(np.ascontiguousarray(m.T)) for m in v] for k, v in ws.items()}
     variants = {"xla": jax.jit(jax_dense, static_argnums=2),
@@ -117,10 +117,10 @@ def dense_times(cfg: ModelConfig, rows: list[int], head: bool, repeats: int) -> 
     for b in rows:
         x = np.random.default_rng(b).standard_normal((b, cfg.hidden_size), dtype=np.float32)
         jx, tx = jnp.asarray(x), torch.from_numpy(x)
-        row = {name: best_time(lambda f=f: jax.block_until_ready(f(jws, jx, head)), repeats)
+        row = {name: median_time(lambda f=f: jax.block_until_ready(f(jws, jx, head)), repeats)
                for name, f in variants.items()}
         with torch.no_grad():
-            row["torch"] = best_time(lambda: torch_dense(tws, tx, head), repeats)
+            row["torch"] = median_time(lambda: torch_dense(tws, tx, head), repeats)
         out[b] = row
     return out
 
@@ -137,12 +137,17 @@ def step_floor(env: dict[int, float], live: int) -> float:
     return env[max(b for b in env if b <= live)]
 
 
+def live_rows(budgets: list[int]) -> list[int]:
+    """Rows still running at each output position (row i runs budgets[i] steps)."""
+    return [sum(n > s for n in budgets) for s in range(max(budgets))]
+
+
 def floor_seconds(env: dict[int, float], prefill_s_per_token: float, budgets: list[int],
                   prompt_tokens: int) -> float:
     """Floor of one call: a decode step per output position at the rows still running there
     (row i runs budgets[i] steps), plus the prompts' dense pass."""
-    live = [sum(n > s for n in budgets) for s in range(max(budgets))]
-    return sum(step_floor(env, b) for b in live) + prefill_s_per_token * prompt_tokens
+    return (sum(step_floor(env, b) for b in live_rows(budgets))
+            + prefill_s_per_token * prompt_tokens)
 
 
 def committed_hf(name: str) -> float:
@@ -168,11 +173,12 @@ def main() -> None:
     fixed, mixed, budgets = workloads(cfg.vocab_size)
     say(f"decode floor, bench_32m; jax {jax.__version__}, {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f} at start; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    step = dense_times(cfg, list(BATCHES), True, args.dense_repeats)
-    pre = dense_times(cfg, [PREFILL_ROWS], False, args.dense_repeats)[PREFILL_ROWS]
+    ws = dense_weights(cfg)
+    step = dense_times(cfg, ws, list(BATCHES), True, args.dense_repeats)
+    pre = dense_times(cfg, ws, [PREFILL_ROWS], False, args.dense_repeats)[PREFILL_ROWS]
     pre_tok = min(pre.values()) / PREFILL_ROWS
     env = envelope(step)
-    weight_mb = sum(m.nbytes for v in dense_weights(cfg).values() for m in v) / 1e6
+    weight_mb = sum(m.nbytes for v in ws.values() for m in v) / 1e6
     say(f"dense step (all {weight_mb:.0f} MB of dense weights read once, LM head included), "
         f"ms; floor = fastest library, lower monotone envelope:")
     say(f"  {'rows':>4} {'xla':>8} {'xla_eigen':>9} {'torch':>8} {'floor':>8}  GB/s  GFLOP/s")
@@ -186,7 +192,7 @@ def main() -> None:
     fixed_floor = floor_seconds(env, pre_tok, [FIXED["new"]] * FIXED["batch"],
                                 sum(map(len, fixed)))
     mixed_floor = floor_seconds(env, pre_tok, budgets, sum(map(len, mixed)))
-    live = [sum(n > s for n in budgets) for s in range(max(budgets))]
+    live = live_rows(budgets)
     if args.skip_hf:
         hf_fixed, hf_mixed = committed_hf("fixed"), committed_hf("mixed")
         source = "committed generate_fixed.txt / generate_mixed.txt (not this run)"

@@ -41,3 +41,7 @@ def test_floor_seconds_counts_each_position_at_its_live_rows(floor):
     assert floor.floor_seconds(env, 0.5, [1, 2, 5], 10) == pytest.approx(12.0)
     # fixed-length rows: every step at the full batch
     assert floor.floor_seconds(env, 0.0, [3] * 4, 0) == pytest.approx(9.0)
+
+
+def test_live_rows_counts_the_rows_still_running(floor):
+    assert floor.live_rows([1, 2, 5]) == [3, 2, 1, 1, 1]
