@@ -39,7 +39,7 @@ from musc_jax.models import ModelConfig, init_model  # noqa: E402
 
 # innermost matching Python function -> category (first match wins, innermost frame first)
 CATEGORIES = (
-    (("_decode_attention", "_prefill_attention"), "attention over the cache"),
+    (("_decode_attention", "_prefill_attention", "decode_attention"), "attention over the cache"),
     (("sample", "filter_logits", "top_p_filter", "top_k_filter", "argmax", "is_stop",
       "_largest_threshold", "_sortable"), "sampling (top-p, Gumbel, argmax)"),
     (("project_logits", "DecoderLM.logits"), "LM head"),
@@ -74,11 +74,13 @@ def categorize(hlo: str, vocab: int, attn_shape: str) -> dict[str, tuple[str, st
     return out
 
 
-def decode_program(model, slots: int, length: int, max_new: int, mode: SamplingMode):
-    """The engine's jitted decode segment and a state of `slots` live rows."""
+def decode_program(model, slots: int, length: int, max_new: int, mode: SamplingMode,
+                   kernel: bool):
+    """The engine's jitted decode segment and a state of `slots` live rows. `kernel`: decode
+    attention by the CPU kernel (as the engine does on one CPU device), else XLA's."""
     graphdef, params = nnx.split(model)
-    fn = continuous.decode_jit(functools.partial(continuous._decode, graphdef,
-                                                 st=continuous._Static(mode, max_new),
+    st = continuous._Static(mode, max_new, decode_kernel=kernel)
+    fn = continuous.decode_jit(functools.partial(continuous._decode, graphdef, st=st,
                                                  shardings=None), slots, donate_argnums=1)
     return fn, params
 
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--length", type=int, default=0,
                         help="cache length L (default: the engine's bucket for pos + new tokens)")
+    parser.add_argument("--xla-attention", action="store_true",
+                        help="XLA's decode attention instead of the CPU kernel the engine uses")
     parser.add_argument("--top", type=int, default=12, help="also list the N costliest ops")
     args = parser.parse_args()
 
@@ -97,7 +101,8 @@ def main() -> None:
     mode = SamplingMode(False, False, True)
     max_new = 4 * args.steps + 8
     length = args.length or bucket_length(args.pos + max_new, minimum=continuous.MIN_CACHE_BUCKET)
-    fn, params = decode_program(model, args.slots, length, max_new, mode)
+    kernel = not args.xla_attention and continuous.use_decode_kernel(model, None)
+    fn, params = decode_program(model, args.slots, length, max_new, mode, kernel)
     scalars = (stop_id_array(None), np.int32(0), np.float32(1.0), np.int32(0), np.float32(0.9))
 
     def fresh():
@@ -139,7 +144,8 @@ def main() -> None:
     ops = sum(per_cat.values())
     step = wall * 1e3 / args.steps
     print(f"decode step: {args.slots} slots at position {args.pos}, cache length {length}, "
-          f"top-p 0.9; {args.steps} steps traced; jax {jax.__version__}")
+          f"top-p 0.9; {args.steps} steps traced; decode attention by "
+          f"{'the CPU kernel' if kernel else 'XLA'}; jax {jax.__version__}")
     print(f"wall {step:.2f} ms per step (traced run), ops {ops:.2f} ms; untraced (best of 3): "
           f"wall {min(w for w, _ in untraced) * 1e3 / args.steps:.2f} ms, process CPU "
           f"{min(c for _, c in untraced) * 1e3 / args.steps:.2f} ms per step")

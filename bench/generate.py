@@ -169,6 +169,7 @@ def step_profile(model, say, repeats: int = 5) -> None:
     tok = jnp.zeros((b,), jnp.int32)
     mode = SamplingMode(False, False, True)
     keys = jax.random.split(jax.random.key(0), b)
+    kernel = continuous.use_decode_kernel(model, None)    # as the engine decodes
 
     def old_step(params, cache, tok):
         m = nnx.merge(graphdef, params)
@@ -177,7 +178,8 @@ def step_profile(model, say, repeats: int = 5) -> None:
 
     def new_step(params, cache, tok, pos):
         m = nnx.merge(graphdef, params)
-        h, cache = slot_forward(m, tok[:, None], jnp.arange(b), pos, cache, whole=True)
+        h, cache = slot_forward(m, tok[:, None], jnp.arange(b), pos, cache, whole=True,
+                                decode_kernel=kernel)
         return m.logits(h[:, 0]), cache
 
     old = jax.jit(old_step, donate_argnums=1)

@@ -3,6 +3,9 @@ lengths (slots refilled, cache resized, prompts prefilled in chunks), samples eq
 engine's whatever the slot count, no step on finished rows, no recompilation as slots refill,
 and a decode step that does not copy the cache."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -32,8 +35,16 @@ def _hf_greedy_rows(hf, prompts, budgets):
     return rows
 
 
+@pytest.mark.parametrize("attention", ["kernel", "xla"])
 @pytest.mark.parametrize("family", ["llama", "mistral"])   # mistral: sliding window of 5
-def test_greedy_matches_transformers_on_mixed_lengths(family, tmp_path):
+def test_greedy_matches_transformers_on_mixed_lengths(family, attention, tmp_path, monkeypatch):
+    """Decode attention by the CPU kernel (the engine's choice on one CPU device) and by XLA."""
+    if attention == "kernel" and shutil.which(os.environ.get("CXX") or "g++") is None:
+        pytest.skip("no C++ compiler to build the CPU kernel")
+    want_kernel = attention == "kernel"
+    assert continuous.use_decode_kernel(init_model(ModelConfig.preset("tiny"), seed=0),
+                                        None) or not want_kernel
+    monkeypatch.setattr(continuous, "use_decode_kernel", lambda model, mesh: want_kernel)
     hf, model = sharp_hf_and_ours(family, tmp_path)
     ref = _hf_greedy_rows(hf, PROMPTS, BUDGETS)
     # 2 slots for 7 rows: every slot is refilled, the cache grows and shrinks, the tail packs
@@ -187,3 +198,35 @@ def test_decode_attention_reads_up_to_the_longest_row(window):
                 want = (p / p.sum()) @ vc[i, k, keep].astype(np.float64)
                 np.testing.assert_allclose(got[i, 0, (k * g + j) * d:(k * g + j + 1) * d], want,
                                            rtol=1e-5, atol=1e-5)
+
+
+def test_prefill_buckets_and_groups():
+    """Prefill buckets step by 1.5x and 2x alternately; rows split into prefill calls at the
+    least padded cost (hand-checked case, and equal to brute force over every split)."""
+    from itertools import combinations
+
+    from musc_jax.engine.buckets import bucket_batch, prefill_bucket, prefill_groups
+    assert [prefill_bucket(n) for n in (1, 16, 17, 24, 25, 33, 49, 65, 96, 97, 385, 512, 513)] \
+        == [16, 16, 24, 24, 32, 48, 64, 96, 96, 128, 512, 512, 1024]
+    # sorted 17, 18, 20 | 60 | 90, 95: (4*24 + 64) + (1*64 + 64) + (2*96 + 64) = 544 positions;
+    # one call would cost 8*96 + 64 = 832, and 17..60 | 90, 95 costs 320 + 256 = 576
+    groups = prefill_groups([20, 90, 18, 60, 95, 17])
+    assert [g.tolist() for g in groups] == [[5, 2, 0], [3], [1, 4]]
+
+    def cost(parts, srt):
+        return sum(bucket_batch(len(p)) * prefill_bucket(srt[p[-1]]) + 64 for p in parts)
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lengths = rng.integers(1, 300, size=int(rng.integers(1, 8)))
+        srt = np.sort(lengths)
+        n = len(srt)
+        best = min(cost([list(range(a, b)) for a, b in zip((0, *cuts), (*cuts, n))], srt)
+                   for k in range(n) for cuts in combinations(range(1, n), k))
+        got = prefill_groups(lengths)
+        assert sorted(np.concatenate(got).tolist()) == list(range(n))      # every row once
+        parts, at = [], 0
+        for g in got:
+            parts.append(list(range(at, at + len(g))))
+            at += len(g)
+        assert cost(parts, srt) == best

@@ -21,6 +21,45 @@ def bucket_length(n: int, minimum: int = _MIN_PROMPT_BUCKET, step: int = _PROMPT
     return b
 
 
+def prefill_bucket(n: int, minimum: int = _MIN_PROMPT_BUCKET,
+                   step: int = _PROMPT_BUCKET_STEP) -> int:
+    """Prompt length bucket of a prefill group: powers of two and 1.5 times them (16, 24, 32,
+    48, 64, 96, ...) up to `step`, then multiples of `step`. Finer than `bucket_length`: every
+    padded position costs a full forward pass, and a program per bucket compiles once."""
+    n = max(int(n), 1)
+    if n > step:
+        return -(-n // step) * step
+    b = minimum
+    while b < n:
+        b = b * 3 // 2 if b & (b - 1) == 0 else b // 3 * 4     # p -> 1.5p -> 2p
+    return b
+
+
+def prefill_groups(lengths, multiple: int = 1, call_cost: int = 64) -> list[np.ndarray]:
+    """Rows (indices into `lengths`) split into prefill calls of rows of similar lengths.
+
+    A call over rows i..j-1 of the length-sorted order costs bucket_batch(j - i) rows times the
+    prefill bucket of its longest prompt, plus `call_cost` positions for the call itself (its
+    pass over the weights); the split minimising the total is found exactly (O(n^2) over the
+    sorted rows; n is at most the slot count)."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(lengths, kind="stable")
+    srt = lengths[order]
+    n = len(srt)
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, int)
+    for j in range(1, n + 1):
+        costs = [best[i] + bucket_batch(j - i, multiple) * prefill_bucket(srt[j - 1]) + call_cost
+                 for i in range(j)]
+        cut[j] = int(np.argmin(costs))
+        best[j] = costs[cut[j]]
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
 def bucket_batch(n: int, multiple: int = 1) -> int:
     """Batch bucket: the next power of two, rounded up to a multiple of the mesh batch size."""
     b = 1

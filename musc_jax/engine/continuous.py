@@ -5,7 +5,8 @@ the cache is updated in place):
 
 * `prefill`: a group of new rows (one per free slot) runs its prompt through the model in chunks
   of at most `prefill_chunk` tokens, each chunk attending only to the prompt so far; the last
-  chunk samples the row's first token and makes the slot live.
+  chunk samples the row's first token and makes the slot live. The group is split into calls
+  of rows of similar prompt lengths (`buckets.prefill_groups`), so little padding is computed.
 * `decode`: a `lax.while_loop` of decode steps over all slots. It stops as soon as a row ends
   while prompts are waiting (so no step ever decodes a finished row: its slot is refilled
   first), or when half the slots are idle and no prompt waits.
@@ -16,6 +17,8 @@ The cache length L is fixed for the whole call (the length bucket of the longest
 its budget) and a decode step reads the cache only up to its longest live row, so the shapes
 depend on (slots, L) and the prefill group bucket only: refilling slots compiles nothing new,
 and packing compiles one decode program per slot bucket, once per process (`TRACE_COUNTS`).
+On one CPU device in float32 the decode step's attention is a custom kernel (`cpu_kernels`) that
+reads each slot's cache only up to its own length.
 Sampling: row r draws token i from fold_in(fold_in(key(seed), r), i), exactly as the static
 engine, whatever slot it runs in.
 """
@@ -33,7 +36,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from musc_jax.engine.buckets import bucket_batch, bucket_length
+from musc_jax.engine import cpu_kernels
+from musc_jax.engine.buckets import bucket_batch, bucket_length, prefill_bucket, prefill_groups
 from musc_jax.engine.counters import TRACE_COUNTS
 from musc_jax.engine.sampling import SamplingMode, is_stop, sample
 from musc_jax.engine.slot_cache import SlotCache, init_slot_cache, slot_forward
@@ -76,6 +80,7 @@ class Slots(NamedTuple):
 class _Static:
     mode: SamplingMode
     max_new: int         # M: the output buffer's width
+    decode_kernel: bool = False   # decode attention by the CPU kernel (cpu_kernels)
 
 
 @dataclasses.dataclass
@@ -159,7 +164,8 @@ def _decode(graphdef, params, state: Slots, stop_ids, pad, temperature, top_k, t
         s, i, useful = carry
         # idle slots write at position L: dropped, their cache stays untouched
         wpos = jnp.where(s.active, s.pos, length)
-        h, cache = slot_forward(model, s.tok[:, None], all_slots, wpos, s.cache, whole=True)
+        h, cache = slot_forward(model, s.tok[:, None], all_slots, wpos, s.cache, whole=True,
+                                decode_kernel=st.decode_kernel)
         nxt = sample(model.logits(h[:, 0]), jax.random.wrap_key_data(s.keys), s.count, temperature, top_k, top_p, st.mode)
         col = jnp.where(s.active, s.count, st.max_new)               # idle: dropped
         out = s.out.at[all_slots, col].set(nxt, mode="drop")
@@ -248,7 +254,7 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
     multiple = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     n = _slot_count(len(rows), max_slots, multiple)
     max_new = int(max(budgets))
-    st = _Static(mode, max_new)
+    st = _Static(mode, max_new, decode_kernel=use_decode_kernel(model, mesh))
     graphdef, params = nnx.split(model)
     e = model.config.hidden_size
     scalars = (np.asarray(stop_ids, np.int32), np.int32(pad), np.float32(temperature),
@@ -287,34 +293,42 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
             lengths[slot_row[s]] = count[s]
             slot_row[s] = -1
 
+    def prefill(group: np.ndarray, where: np.ndarray):
+        """Prompts of `group` (row indices) into slots `where`, in chunks."""
+        nonlocal state
+        total = prefill_bucket(max(len(rows[g]) for g in group))
+        chunk = min(total, prefill_chunk)
+        total = -(-total // chunk) * chunk
+        r = bucket_batch(len(group))
+        slots = np.full((r,), n, np.int32)               # padding rows: slot n, writes dropped
+        slots[: len(group)] = where
+        ids = np.zeros((r, total), np.int32)
+        lens = np.ones((r,), np.int32)
+        row_ids = np.zeros((r,), np.int32)
+        bud = np.ones((r,), np.int32)
+        for j, g in enumerate(group):
+            ids[j, : len(rows[g])] = rows[g]
+            lens[j], row_ids[j], bud[j] = len(rows[g]), g, budgets[g]
+        h_last = jnp.zeros((r, e), model.dtype)
+        for start in range(0, total, chunk):
+            last = start + chunk == total
+            fn = _jitted("prefill", graphdef, st, n, length, r, chunk, start, last, mesh,
+                         make=lambda start=start, last=last: jax.jit(functools.partial(
+                             _prefill, graphdef, start=start, last=last, st=st,
+                             shardings=shardings), donate_argnums=1))
+            state, h_last = fn(params, state, ids[:, start:start + chunk], slots, lens,
+                               row_ids, bud, h_last, np.uint32(seed % 2**32), *scalars)
+            stats.prefill_calls += 1
+
     while queue or (slot_row >= 0).any():
         free = np.flatnonzero(slot_row < 0)
         if queue and len(free):
-            group = [queue.popleft() for _ in range(min(len(free), len(queue)))]
-            total = bucket_length(max(len(rows[g]) for g in group))
-            chunk = min(total, prefill_chunk)
-            total = -(-total // chunk) * chunk
-            r = bucket_batch(len(group))
-            slots = np.full((r,), n, np.int32)           # padding rows: slot n, writes dropped
-            slots[: len(group)] = free[: len(group)]
-            ids = np.zeros((r, total), np.int32)
-            lens = np.ones((r,), np.int32)
-            row_ids = np.zeros((r,), np.int32)
-            bud = np.ones((r,), np.int32)
-            for j, g in enumerate(group):
-                ids[j, : len(rows[g])] = rows[g]
-                lens[j], row_ids[j], bud[j] = len(rows[g]), g, budgets[g]
-            h_last = jnp.zeros((r, e), model.dtype)
-            for start in range(0, total, chunk):
-                last = start + chunk == total
-                fn = _jitted("prefill", graphdef, st, n, length, r, chunk, start, last, mesh,
-                             make=lambda start=start, last=last: jax.jit(functools.partial(
-                                 _prefill, graphdef, start=start, last=last, st=st,
-                                 shardings=shardings), donate_argnums=1))
-                state, h_last = fn(params, state, ids[:, start:start + chunk], slots, lens,
-                                   row_ids, bud, h_last, np.uint32(seed % 2**32), *scalars)
-                stats.prefill_calls += 1
-            slot_row[free[: len(group)]] = group
+            group = np.array([queue.popleft() for _ in range(min(len(free), len(queue)))])
+            taken = free[: len(group)]
+            # rows of similar prompt lengths prefill together: less padding to compute
+            for part in prefill_groups([len(rows[g]) for g in group]):
+                prefill(group[part], taken[part])
+            slot_row[taken] = group
             collect()
             continue                                     # rows may have ended at token 0
         live = slot_row >= 0
@@ -341,12 +355,20 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
     return tokens, lengths
 
 
+def use_decode_kernel(model, mesh: Mesh | None) -> bool:
+    """Decode attention by the CPU kernel: on CPU, float32, one device (no mesh: XLA cannot
+    partition a custom call, so on a mesh it would gather the whole cache to every device)."""
+    return mesh is None and cpu_kernels.decode_attention_available(model.dtype)
+
+
 def decode_program_text(model, slots: int, length: int, max_new: int,
-                        mode: SamplingMode) -> str:
-    """The optimized HLO of the decode segment for `slots` x `length` (to inspect its copies)."""
+                        mode: SamplingMode, decode_kernel: bool = False) -> str:
+    """The optimized HLO of the decode segment for `slots` x `length` (to inspect its copies);
+    `decode_kernel`: with the CPU decode-attention kernel."""
     graphdef, params = nnx.split(model)
     state = jax.eval_shape(lambda: _empty_state(model, slots, length, max_new, None))
-    fn = decode_jit(functools.partial(_decode, graphdef, st=_Static(mode, max_new),
+    fn = decode_jit(functools.partial(_decode, graphdef,
+                                      st=_Static(mode, max_new, decode_kernel=decode_kernel),
                                       shardings=None), slots, donate_argnums=1)
     scalars = (np.zeros((4,), np.int32), np.int32(0), np.float32(1), np.int32(0), np.float32(1),
                np.int32(1), np.int32(0))

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from musc_jax.engine import cpu_kernels
 from musc_jax.models.attention import MASK_VALUE
 from musc_jax.models.rope import inverse_frequencies, rope_cos_sin
 
@@ -53,7 +54,8 @@ def _layers(model) -> list:
             for i in range(model.config.num_layers)]
 
 
-def _attend(attn, x, cos, sin, kc, vc, slots, positions, *, whole: bool, kv_len: int):
+def _attend(attn, x, cos, sin, kc, vc, slots, positions, *, whole: bool, kv_len: int,
+            kernel: bool):
     """One attention block over the slot cache.
 
     x [R, T, E] the tokens of rows that live in `slots` [R] at cache `positions` [R, T]. Their
@@ -61,15 +63,17 @@ def _attend(attn, x, cos, sin, kc, vc, slots, positions, *, whole: bool, kv_len:
     >= L, are dropped: padding rows and idle slots). Then each query attends to its slot's keys
     at positions <= its own (and inside the sliding window). `whole`: the rows are all slots in
     order and T = 1 (decoding), so the cache is read in place, up to the longest live row;
-    otherwise the rows' slots are gathered, positions < kv_len only (prefill chunks).
-    Returns (out [R, T, E], kc, vc).
+    otherwise the rows' slots are gathered, positions < kv_len only (prefill chunks). `kernel`:
+    decode attention by the CPU kernel (`cpu_kernels.decode_attention`), which reads each slot
+    only up to its own position. Returns (out [R, T, E], kc, vc).
     """
     q, k, v = attn.qkv(x, cos, sin)
     kc = kc.at[slots[:, None], :, positions, :].set(k.astype(kc.dtype), mode="drop")
     vc = vc.at[slots[:, None], :, positions, :].set(v.astype(vc.dtype), mode="drop")
     r, t, h, d = q.shape
     if whole:
-        out = _decode_attention(q, kc, vc, positions, scale=attn.scale, window=attn.window)
+        attend = cpu_kernels.decode_attention if kernel else _decode_attention
+        out = attend(q, kc, vc, positions, scale=attn.scale, window=attn.window)
     else:
         out = _prefill_attention(q, kc, vc, slots, positions, kv_len, scale=attn.scale,
                                  window=attn.window)
@@ -136,12 +140,15 @@ def _decode_attention(q, kc, vc, positions, *, scale, window):
 
 
 def slot_forward(model, ids: jax.Array, slots: jax.Array, start: jax.Array, cache: SlotCache, *,
-                 whole: bool, kv_len: int = 0) -> tuple[jax.Array, SlotCache]:
+                 whole: bool, kv_len: int = 0,
+                 decode_kernel: bool = False) -> tuple[jax.Array, SlotCache]:
     """Final normed hidden states [R, T, E] of `ids` [R, T] placed in `slots` [R] from cache
     position `start` [R] on, and the cache with their keys/values written.
 
     Decoding: T = 1, R = all slots (`whole=True`). Prefill chunk: `whole=False`, the chunk
     attends to its slots' positions < `kv_len` (the prompt so far, never the whole cache).
+    `decode_kernel`: decode attention by the CPU kernel (only where
+    `cpu_kernels.decode_attention_available`, and without a mesh).
     """
     t = ids.shape[1]
     positions = start[:, None] + jnp.arange(t, dtype=start.dtype)[None, :]
@@ -150,7 +157,8 @@ def slot_forward(model, ids: jax.Array, slots: jax.Array, start: jax.Array, cach
     new_k, new_v = [], []
     for i, layer in enumerate(_layers(model)):
         a, kc, vc = _attend(layer.attn, layer.input_norm(x), cos, sin, cache.keys[i],
-                            cache.values[i], slots, positions, whole=whole, kv_len=kv_len)
+                            cache.values[i], slots, positions, whole=whole, kv_len=kv_len,
+                            kernel=decode_kernel)
         x = x + a
         x = x + layer.mlp(layer.post_attn_norm(x))
         new_k.append(kc)

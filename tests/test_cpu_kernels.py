@@ -1,0 +1,148 @@
+"""The CPU decode-attention kernel (an XLA FFI custom call built on first use): equal to a
+float64 softmax over each row's own positions, equal to XLA's version on the engine's shapes,
+used by the engine only where it applies, and a named error or warning when it cannot be built."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from musc_jax.engine import continuous, cpu_kernels, slot_cache
+from musc_jax.models import ModelConfig, init_model
+
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX") or "g++") is None,
+                                    reason="no C++ compiler to build the kernel")
+
+
+def _reference(q, kc, vc, pos, scale, window):
+    """float64 softmax attention of q [R, 1, H, D] over each row's positions 0..pos (inside
+    the window); None for idle rows (pos >= L)."""
+    r, _, h, d = q.shape
+    kvh, length = kc.shape[1], kc.shape[2]
+    g = h // kvh
+    out = []
+    for i in range(r):
+        if pos[i] >= length:
+            out.append(None)
+            continue
+        keep = np.arange(pos[i] + 1)
+        if window is not None:
+            keep = keep[pos[i] - keep < window]
+        row = np.zeros((h, d))
+        for k in range(kvh):
+            for j in range(g):
+                qj = q[i, 0, k * g + j].astype(np.float64)
+                s = scale * kc[i, k, keep].astype(np.float64) @ qj
+                p = np.exp(s - s.max())
+                row[k * g + j] = (p / p.sum()) @ vc[i, k, keep].astype(np.float64)
+        out.append(row.reshape(-1))
+    return out
+
+
+@needs_compiler
+@pytest.mark.parametrize("window", [None, 5, 200])
+def test_kernel_reads_each_row_up_to_its_own_position(window):
+    """Rows at positions in the first block, across blocks (block 128), at the cache's end, and
+    idle (pos = L, zeros out); every cache entry after a row's own position is NaN, so a read
+    beyond it would show. Group of 3 query heads per kv head; float64 reference, 1e-5."""
+    rng = np.random.default_rng(0)
+    r, kvh, g, d, length = 6, 2, 3, 8, 300
+    q = rng.normal(size=(r, 1, kvh * g, d)).astype(np.float32)
+    kc = rng.normal(size=(r, kvh, length, d)).astype(np.float32)
+    vc = rng.normal(size=(r, kvh, length, d)).astype(np.float32)
+    pos = np.array([0, 3, 130, 256, length - 1, length])
+    for i, p in enumerate(pos):
+        kc[i, :, p + 1:] = np.nan
+        vc[i, :, p + 1:] = np.nan
+    got = np.asarray(jax.jit(lambda *a: cpu_kernels.decode_attention(
+        *a, scale=0.3, window=window))(q, kc, vc, pos[:, None]))
+    assert got.shape == (r, 1, kvh * g * d)
+    for i, want in enumerate(_reference(q, kc, vc, pos, 0.3, window)):
+        if want is None:
+            np.testing.assert_array_equal(got[i, 0], 0.0)
+        else:
+            np.testing.assert_allclose(got[i, 0], want, rtol=1e-5, atol=1e-5)
+
+
+@needs_compiler
+def test_kernel_equals_xla_decode_attention_on_engine_shapes():
+    """64 slots at mixed positions, 4 kv heads of 2 queries, head_dim 64, cache 640: the kernel
+    and XLA's blocked version agree to 2e-6 (both float32, online softmax in other orders)."""
+    rng = np.random.default_rng(1)
+    r, kvh, g, d, length = 64, 4, 2, 64, 640
+    q = jnp.asarray(rng.normal(size=(r, 1, kvh * g, d)), jnp.float32)
+    kc = jnp.asarray(rng.normal(size=(r, kvh, length, d)), jnp.float32)
+    vc = jnp.asarray(rng.normal(size=(r, kvh, length, d)), jnp.float32)
+    pos = jnp.asarray(rng.integers(0, length, size=(r, 1)), jnp.int32)
+    got = jax.jit(lambda *a: cpu_kernels.decode_attention(*a, scale=0.125, window=None))(
+        q, kc, vc, pos)
+    want = jax.jit(lambda *a: slot_cache._decode_attention(*a, scale=0.125, window=None))(
+        q, kc, vc, pos)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6, atol=2e-6)
+
+
+@needs_compiler
+def test_engine_uses_the_kernel_only_where_it_applies():
+    """One CPU device in float32: the decode program calls the kernel; bfloat16 or a mesh: XLA's
+    version (a custom call cannot be partitioned)."""
+    model = init_model(ModelConfig.preset("tiny"), seed=0)
+    assert continuous.use_decode_kernel(model, None)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                             ("data", "fsdp", "tensor"))
+    assert not continuous.use_decode_kernel(model, mesh)
+    assert not cpu_kernels.decode_attention_available(jnp.bfloat16)
+    from musc_jax.engine.sampling import SamplingMode
+    text = continuous.decode_program_text(model, 4, 64, 8, SamplingMode(True, False, False),
+                                          decode_kernel=True)
+    assert cpu_kernels.TARGET in text
+    text = continuous.decode_program_text(model, 4, 64, 8, SamplingMode(True, False, False))
+    assert cpu_kernels.TARGET not in text
+
+
+def test_missing_compiler_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(tmp_path))
+    with pytest.raises(cpu_kernels.KernelBuildError, match="no C\\+\\+ compiler 'no-such-cxx'"):
+        cpu_kernels.build("no-such-cxx")
+
+
+@needs_compiler
+def test_compiler_error_is_reported(monkeypatch, tmp_path):
+    """A source that does not compile: the compiler's message, and no library left behind."""
+    bad = tmp_path / "bad.cc"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(cpu_kernels, "SOURCE", bad)
+    monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(tmp_path / "cache"))
+    with pytest.raises(cpu_kernels.KernelBuildError, match="failed on bad.cc"):
+        cpu_kernels.build()
+    assert not list((tmp_path / "cache").iterdir())
+
+
+_PROBE = """
+import warnings
+import jax.numpy as jnp
+from musc_jax.engine import cpu_kernels
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    first = cpu_kernels.decode_attention_available(jnp.float32)
+    second = cpu_kernels.decode_attention_available(jnp.float32)
+print(first, second, len(caught), *[str(w.message) for w in caught], sep="|")
+"""
+
+
+@pytest.mark.parametrize("env,want", [({"CXX": "no-such-cxx"}, "False|False|1|"),
+                                      ({cpu_kernels.ENV_SWITCH: "0"}, "False|False|0")])
+def test_unavailable_kernel_warns_once_and_falls_back(env, want, tmp_path):
+    """No compiler: False (the engine keeps XLA's version) and one RuntimeWarning naming the
+    kernel and the compiler, not one per call; MUSC_JAX_CPU_KERNELS=0: off without a warning.
+    In a fresh process (the kernel is registered once per process)."""
+    import subprocess
+    import sys
+    run_env = dict(os.environ, **env, **{cpu_kernels.ENV_CACHE: str(tmp_path)})
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=run_env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out.startswith(want), out
+    if "CXX" in env:
+        assert "decode-attention kernel is not available (no C++ compiler 'no-such-cxx'" in out
