@@ -210,7 +210,7 @@ def test_prefill_buckets_and_groups():
         == [16, 16, 24, 24, 32, 48, 64, 96, 96, 128, 512, 512, 1024]
     # sorted 17, 18, 20 | 60 | 90, 95: (4*24 + 64) + (1*64 + 64) + (2*96 + 64) = 544 positions;
     # one call would cost 8*96 + 64 = 832, and 17..60 | 90, 95 costs 320 + 256 = 576
-    groups = prefill_groups([20, 90, 18, 60, 95, 17])
+    groups = prefill_groups([20, 90, 18, 60, 95, 17], call_cost=64)
     assert [g.tolist() for g in groups] == [[5, 2, 0], [3], [1, 4]]
 
     def cost(parts, srt):
@@ -223,10 +223,14 @@ def test_prefill_buckets_and_groups():
         n = len(srt)
         best = min(cost([list(range(a, b)) for a, b in zip((0, *cuts), (*cuts, n))], srt)
                    for k in range(n) for cuts in combinations(range(1, n), k))
-        got = prefill_groups(lengths)
+        got = prefill_groups(lengths, call_cost=64)
         assert sorted(np.concatenate(got).tolist()) == list(range(n))      # every row once
         parts, at = [], 0
         for g in got:
             parts.append(list(range(at, at + len(g))))
             at += len(g)
         assert cost(parts, srt) == best
+    # the default call cost keeps small groups whole (a program to compile per call shape)
+    assert len(prefill_groups([20, 90, 18, 60, 95, 17])) == 1
+    assert len(prefill_groups(np.random.default_rng(1).integers(16, 97, size=64))) == 1
+    assert len(prefill_groups(np.random.default_rng(1).integers(30, 400, size=64))) > 1

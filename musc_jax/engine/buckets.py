@@ -35,13 +35,16 @@ def prefill_bucket(n: int, minimum: int = _MIN_PROMPT_BUCKET,
     return b
 
 
-def prefill_groups(lengths, multiple: int = 1, call_cost: int = 64) -> list[np.ndarray]:
+def prefill_groups(lengths, call_cost: int = 1024) -> list[np.ndarray]:
     """Rows (indices into `lengths`) split into prefill calls of rows of similar lengths.
 
     A call over rows i..j-1 of the length-sorted order costs bucket_batch(j - i) rows times the
-    prefill bucket of its longest prompt, plus `call_cost` positions for the call itself (its
-    pass over the weights); the split minimising the total is found exactly (O(n^2) over the
-    sorted rows; n is at most the slot count)."""
+    prefill bucket of its longest prompt, plus `call_cost` positions for the call itself: its
+    pass over the weights, and one more program to compile per new shape, which dominates short
+    runs; so only large groups of widely spread lengths split (64 prompts of 16..96 tokens stay
+    one call of 64 x 96; of 30..400 tokens they split).
+    The split minimising the total is found exactly (O(n^2) over the sorted rows; n is at most
+    the slot count)."""
     lengths = np.asarray(lengths)
     order = np.argsort(lengths, kind="stable")
     srt = lengths[order]
@@ -49,7 +52,7 @@ def prefill_groups(lengths, multiple: int = 1, call_cost: int = 64) -> list[np.n
     best = np.zeros(n + 1)
     cut = np.zeros(n + 1, int)
     for j in range(1, n + 1):
-        costs = [best[i] + bucket_batch(j - i, multiple) * prefill_bucket(srt[j - 1]) + call_cost
+        costs = [best[i] + bucket_batch(j - i) * prefill_bucket(srt[j - 1]) + call_cost
                  for i in range(j)]
         cut[j] = int(np.argmin(costs))
         best[j] = costs[cut[j]]
