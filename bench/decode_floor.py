@@ -9,8 +9,8 @@ pass (prefill). Attention, sampling, embedding, norms, the loop and the host are
 
 * dense step(b): for every layer x @ W_qkv, (x_q) @ W_o, x @ W_gate, x @ W_up, h @ W_down, then
   the LM head, for b rows (shapes of `ModelConfig.preset("bench_32m")`, float32, random
-  weights), timed with XLA:CPU's default dots, with the engine's Eigen options
-  (`continuous.CPU_DECODE_OPTIONS`) and with torch (`F.linear`, all cores); the floor takes the
+  weights), timed with XLA:CPU's default dots, with Eigen's dots (`EIGEN_DOTS`: only
+  reductions in YNNPACK) and with torch (`F.linear`, all cores); the floor takes the
   fastest library at each b, and the lower monotone envelope over b (a step for more rows never
   costs less than one for fewer), so noise can only lower it.
 * prefill: the same layers (no LM head) over 512 prompt rows at once, per token, times the
@@ -50,12 +50,14 @@ import numpy as np  # noqa: E402
 
 from common import median  # noqa: E402
 from generate import FIXED, MIXED, time_hf, workloads  # noqa: E402
-from musc_jax.engine import continuous  # noqa: E402
 from musc_jax.models import ModelConfig, init_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "bench"
 BATCHES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 PREFILL_ROWS = 512
+# XLA:CPU with only reductions in YNNPACK: lone dots go to Eigen (the decode engine's setting for
+# programs of <= 32 slots until the CPU attention kernel made it no faster, 2026-12-01)
+EIGEN_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def dense_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, list[np.ndarray]]:
@@ -112,7 +114,7 @@ def dense_times(cfg: ModelConfig, ws: dict[str, list[np.ndarray]], rows: list[in
     tws = {k: [torch.from_numpy(np.ascontiguousarray(m.T)) for m in v] for k, v in ws.items()}
     variants = {"xla": jax.jit(jax_dense, static_argnums=2),
                 "xla_eigen": jax.jit(jax_dense, static_argnums=2,
-                                     compiler_options=dict(continuous.CPU_DECODE_OPTIONS))}
+                                     compiler_options=dict(EIGEN_DOTS))}
     out = {}
     for b in rows:
         x = np.random.default_rng(b).standard_normal((b, cfg.hidden_size), dtype=np.float32)

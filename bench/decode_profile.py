@@ -74,14 +74,13 @@ def categorize(hlo: str, vocab: int, attn_shape: str) -> dict[str, tuple[str, st
     return out
 
 
-def decode_program(model, slots: int, length: int, max_new: int, mode: SamplingMode,
-                   kernel: bool):
-    """The engine's jitted decode segment and a state of `slots` live rows. `kernel`: decode
-    attention by the CPU kernel (as the engine does on one CPU device), else XLA's."""
+def decode_program(model, max_new: int, mode: SamplingMode, kernel: bool):
+    """The engine's jitted decode segment. `kernel`: decode attention by the CPU kernel (as the
+    engine does on one CPU device), else XLA's."""
     graphdef, params = nnx.split(model)
     st = continuous._Static(mode, max_new, decode_kernel=kernel)
-    fn = continuous.decode_jit(functools.partial(continuous._decode, graphdef, st=st,
-                                                 shardings=None), slots, donate_argnums=1)
+    fn = jax.jit(functools.partial(continuous._decode, graphdef, st=st, shardings=None),
+                 donate_argnums=1)
     return fn, params
 
 
@@ -102,7 +101,7 @@ def main() -> None:
     max_new = 4 * args.steps + 8
     length = args.length or bucket_length(args.pos + max_new, minimum=continuous.MIN_CACHE_BUCKET)
     kernel = not args.xla_attention and continuous.use_decode_kernel(model, None)
-    fn, params = decode_program(model, args.slots, length, max_new, mode, kernel)
+    fn, params = decode_program(model, max_new, mode, kernel)
     scalars = (stop_id_array(None), np.int32(0), np.float32(1.0), np.int32(0), np.float32(0.9))
 
     def fresh():

@@ -20,10 +20,9 @@ weights, float32, sampling at temperature 1 with top-p 0.9 (top-k off).
 Engines: ours = `generate(..., engine="continuous")` (default slots), old = `engine="static"`
 (the engine before continuous batching), transformers = LlamaForCausalLM (torch CPU float32,
 `torch.set_num_threads(<cores>)`) on the same weights. Each is timed `--repeats` times after a
-warm-up call (compilation); the median is reported, ratios from the same run. The continuous
-engine is also timed compiled with XLA:CPU's default library fusions (every dot through
-YNNPACK) instead of its `CPU_DECODE_OPTIONS` (the dots of decode programs of at most
-`EIGEN_DOT_SLOTS` slots through Eigen): the gain of those options (`--skip-default-dots`
+warm-up call (compilation); the median is reported, ratios from the same run. Ours is also timed
+with XLA's decode attention instead of the CPU kernel (`musc_jax/engine/cpu_kernels.py`), which
+the engine uses on one CPU device in float32: what the kernel gains (`--skip-xla-attention`
 leaves it out).
 
 "finished work" is the share of decode slot-steps spent on rows that had already ended (static
@@ -109,28 +108,6 @@ def time_ours(model, prompts, budgets, engine, repeats):
     return times, last["out"], f"warm-up call {warmup:.1f} s ({compiled} programs compiled)"
 
 
-def time_ours_default_dots(model, prompts, budgets, repeats):
-    """`time_ours` of the continuous engine compiled with XLA:CPU's default library fusions
-    (every dot through YNNPACK), as before `continuous.CPU_DECODE_OPTIONS`."""
-    saved = dict(continuous.CPU_DECODE_OPTIONS)
-    continuous.CPU_DECODE_OPTIONS.clear()
-    continuous._JIT.clear()
-    try:
-        return time_ours(model, prompts, budgets, "continuous", repeats)[0]
-    finally:
-        continuous.CPU_DECODE_OPTIONS.update(saved)
-        continuous._JIT.clear()
-
-
-def default_dots_line(tokens, ours, default) -> str:
-    if not default:
-        return ""
-    return (f"  ours with XLA's default dots (YNNPACK) {fmt_times(default)}  "
-            f"{tokens / median(default):9.1f} useful tok/s; Eigen dots in decode programs of <= "
-            f"{continuous.EIGEN_DOT_SLOTS} slots speed it up "
-            f"{median(default) / median(ours):.2f}x\n")
-
-
 def time_hf(model, prompts, budgets, batch, repeats):
     import torch
     import transformers
@@ -160,6 +137,27 @@ def time_hf(model, prompts, budgets, batch, repeats):
     steps = sum(len(prompts[s:s + batch]) * max(budgets[s:s + batch])
                 for s in range(0, len(prompts), batch))
     return times, torch.__version__, torch.get_num_threads(), steps
+
+
+def time_ours_xla_attention(model, prompts, budgets, repeats):
+    """`time_ours` of the continuous engine with XLA's decode attention instead of the CPU
+    kernel (`cpu_kernels`): what the kernel gains, in the same run."""
+    use = continuous.use_decode_kernel
+    continuous.use_decode_kernel = lambda model, mesh: False
+    continuous._JIT.clear()
+    try:
+        return time_ours(model, prompts, budgets, "continuous", repeats)[0]
+    finally:
+        continuous.use_decode_kernel = use
+        continuous._JIT.clear()
+
+
+def xla_attention_line(tokens, ours, xla) -> str:
+    if not xla:
+        return ""
+    return (f"  ours with XLA's decode attention {fmt_times(xla)}  "
+            f"{tokens / median(xla):9.1f} useful tok/s; the CPU kernel speeds it up "
+            f"{median(xla) / median(ours):.2f}x\n")
 
 
 def step_profile(model, say, repeats: int = 5) -> None:
@@ -237,8 +235,8 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true", help="no transformers timing")
     parser.add_argument("--skip-static", action="store_true", help="no static-engine timing")
     parser.add_argument("--skip-profile", action="store_true", help="no decode-step profile")
-    parser.add_argument("--skip-default-dots", action="store_true",
-                        help="no timing of the engine with XLA's default (YNNPACK) dots")
+    parser.add_argument("--skip-xla-attention", action="store_true",
+                        help="no timing of the engine with XLA's decode attention")
     parser.add_argument("--only", choices=("fixed", "mixed"), help="one workload only")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent.parent / "docs"
                                                  / "results" / "bench"),
@@ -269,7 +267,7 @@ def main() -> None:
         t0 = time.perf_counter()
         say(f"fixed: {b} prompts x {FIXED['prompt']} tokens, {new} new tokens each")
         ours, out, warm = time_ours(model, fixed, [new] * b, "continuous", args.repeats)
-        default = [] if args.skip_default_dots else time_ours_default_dots(
+        xla = [] if args.skip_xla_attention else time_ours_xla_attention(
             model, fixed, [new] * b, args.repeats)
         old = [] if args.skip_static else time_ours(model, fixed, [new] * b, "static",
                                                     args.repeats)[0]
@@ -277,7 +275,7 @@ def main() -> None:
         report(say, "fixed", b * new, ours, old, hf,
                f"  ours: {out.stats.segments} decode segments, finished work "
                f"{out.stats.finished_fraction:.3f}, idle {out.stats.idle_fraction:.3f}; "
-               f"{warm}\n" + default_dots_line(b * new, ours, default))
+               f"{warm}\n" + xla_attention_line(b * new, ours, xla))
         if not args.skip_profile:
             step_profile(model, say)
         say(f"  (fixed section took {time.perf_counter() - t0:.0f} s, load average "
@@ -296,8 +294,8 @@ def main() -> None:
         extra = (f"  ours: {st.segments} decode segments, {st.prefill_calls} prefill calls, "
                  f"{st.resizes} resizes; finished work {st.finished_fraction:.3f}, idle "
                  f"{st.idle_fraction:.3f}; {warm}\n")
-        if not args.skip_default_dots:
-            extra += default_dots_line(useful, ours, time_ours_default_dots(
+        if not args.skip_xla_attention:
+            extra += xla_attention_line(useful, ours, time_ours_xla_attention(
                 model, mixed, budgets, args.repeats))
         old = []
         if not args.skip_static:

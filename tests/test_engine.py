@@ -141,37 +141,6 @@ def test_decode_step_does_not_copy_the_cache(tiny):
     assert new == []
 
 
-def test_decode_dots_compile_outside_ynnpack_on_cpu(tiny):
-    """On CPU a decode program of at most EIGEN_DOT_SLOTS slots uses `CPU_DECODE_OPTIONS`: its
-    dots are not YNNPACK fusions (Eigen runs the skinny [slots, E] x [E, F] dots faster); with
-    XLA's default, or with more slots, they are (so the check can fail)."""
-    import re
-
-    import jax
-
-    if jax.default_backend() != "cpu":
-        pytest.skip("the options are CPU-only")
-    mode = SamplingMode(False, False, True)
-
-    def ynn_dots(slots: int = 8) -> int:
-        """Dots inside YNNPACK fusions of the compiled decode segment."""
-        text = continuous.decode_program_text(tiny, slots, 128, 64, mode)
-        count = 0
-        for name in set(re.findall(r"calls=%([\w.\-]+), [^\n]*__ynn_fusion", text)):
-            body = text[text.index(f"\n%{name} ("):]
-            count += " dot(" in body[:body.index("\n}\n")]
-        return count
-
-    assert ynn_dots() == 0
-    assert ynn_dots(2 * continuous.EIGEN_DOT_SLOTS) > 0
-    saved = dict(continuous.CPU_DECODE_OPTIONS)
-    continuous.CPU_DECODE_OPTIONS.clear()
-    try:
-        assert ynn_dots() > 0
-    finally:
-        continuous.CPU_DECODE_OPTIONS.update(saved)
-
-
 @pytest.mark.parametrize("window", [None, 5])
 def test_decode_attention_reads_up_to_the_longest_row(window):
     """The blocked online-softmax decode attention equals a float64 softmax over each row's

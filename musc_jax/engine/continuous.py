@@ -45,24 +45,6 @@ from musc_jax.engine.slot_cache import SlotCache, init_slot_cache, slot_forward
 MIN_CACHE_BUCKET = 64
 PREFILL_CHUNK = 512
 DEFAULT_MAX_SLOTS = 64
-# XLA:CPU compiles a lone dot to YNNPACK by default. For the decode step's skinny dots
-# ([slots, E] x [E, F]) Eigen's kernel is faster here up to 32 rows ([16, 512] x [512, 1408]:
-# 1.6x less CPU time; the [16, 1536] x [1536, 576] down projection 1.8x) and slower from 64 on
-# (0.8-0.9x; a [128, 576] x [576, 12288] head 0.4x). So decode programs of at most
-# EIGEN_DOT_SLOTS slots keep only these library fusion kinds (the reductions of the blocked
-# attention) in YNNPACK; wider decode programs and prefill keep XLA's default. CPU only.
-CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
-EIGEN_DOT_SLOTS = 32
-
-
-def decode_jit(fn, slots: int, **kwargs):
-    """jax.jit for a decode program with `slots` slots per device (`CPU_DECODE_OPTIONS` when
-    they apply)."""
-    if jax.default_backend() == "cpu" and slots <= EIGEN_DOT_SLOTS and CPU_DECODE_OPTIONS:
-        kwargs["compiler_options"] = dict(CPU_DECODE_OPTIONS)
-    return jax.jit(fn, **kwargs)
-
-
 class Slots(NamedTuple):
     """Device state of the slots ([N] per slot; out [N, M] the tokens of the slot's row)."""
 
@@ -339,9 +321,8 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
             resize(order)
             continue
         limit = length - int(pos[slot_row >= 0].max())
-        fn = _jitted("decode", graphdef, st, n, length, mesh, make=lambda: decode_jit(
-            functools.partial(_decode, graphdef, st=st, shardings=shardings), n // multiple,
-            donate_argnums=1))
+        fn = _jitted("decode", graphdef, st, n, length, mesh, make=lambda: jax.jit(
+            functools.partial(_decode, graphdef, st=st, shardings=shardings), donate_argnums=1))
         # stop when a row ends while prompts wait (refill), or when half the slots are idle
         # and the live rows fit a smaller slot bucket (pack)
         n_live = int(live.sum())
@@ -367,9 +348,9 @@ def decode_program_text(model, slots: int, length: int, max_new: int,
     `decode_kernel`: with the CPU decode-attention kernel."""
     graphdef, params = nnx.split(model)
     state = jax.eval_shape(lambda: _empty_state(model, slots, length, max_new, None))
-    fn = decode_jit(functools.partial(_decode, graphdef,
-                                      st=_Static(mode, max_new, decode_kernel=decode_kernel),
-                                      shardings=None), slots, donate_argnums=1)
+    fn = jax.jit(functools.partial(_decode, graphdef,
+                                   st=_Static(mode, max_new, decode_kernel=decode_kernel),
+                                   shardings=None), donate_argnums=1)
     scalars = (np.zeros((4,), np.int32), np.int32(0), np.float32(1), np.int32(0), np.float32(1),
                np.int32(1), np.int32(0))
     return fn.lower(params, state, *scalars).compile().as_text()
