@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from musc_jax.engine import continuous, cpu_kernels, slot_cache
+from musc_jax.engine.sampling import SamplingMode
 from musc_jax.models import ModelConfig, init_model
 
 needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX") or "g++") is None,
@@ -94,7 +95,6 @@ def test_engine_uses_the_kernel_only_where_it_applies():
                              ("data", "fsdp", "tensor"))
     assert not continuous.use_decode_kernel(model, mesh)
     assert not cpu_kernels.decode_attention_available(jnp.bfloat16)
-    from musc_jax.engine.sampling import SamplingMode
     text = continuous.decode_program_text(model, 4, 64, 8, SamplingMode(True, False, False),
                                           decode_kernel=True)
     assert cpu_kernels.TARGET in text

@@ -52,8 +52,8 @@ def prefill_groups(lengths, call_cost: int = 1024) -> list[np.ndarray]:
     best = np.zeros(n + 1)
     cut = np.zeros(n + 1, int)
     for j in range(1, n + 1):
-        costs = [best[i] + bucket_batch(j - i) * prefill_bucket(srt[j - 1]) + call_cost
-                 for i in range(j)]
+        width = prefill_bucket(srt[j - 1])          # rows i..j-1 pad to the longest, row j-1
+        costs = [best[i] + bucket_batch(j - i) * width + call_cost for i in range(j)]
         cut[j] = int(np.argmin(costs))
         best[j] = costs[cut[j]]
     groups, j = [], n

@@ -5,8 +5,9 @@ the cache is updated in place):
 
 * `prefill`: a group of new rows (one per free slot) runs its prompt through the model in chunks
   of at most `prefill_chunk` tokens, each chunk attending only to the prompt so far; the last
-  chunk samples the row's first token and makes the slot live. The group is split into calls
-  of rows of similar prompt lengths (`buckets.prefill_groups`), so little padding is computed.
+  chunk samples the row's first token and makes the slot live. A large group of widely spread
+  prompt lengths is split into calls of similar lengths (`buckets.prefill_groups`), so less
+  padding is computed.
 * `decode`: a `lax.while_loop` of decode steps over all slots. It stops as soon as a row ends
   while prompts are waiting (so no step ever decodes a finished row: its slot is refilled
   first), or when half the slots are idle and no prompt waits.
