@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default="", help="also write the report here")
     args = parser.parse_args()
-    if not cpu_kernels.decode_attention_available(jnp.float32):
-        sys.exit("the CPU decode-attention kernel is not available here (see the warning)")
+    if not cpu_kernels.decode_kernels_available(jnp.float32):
+        sys.exit("the CPU decode kernels are not available here (see the warning)")
     c = ModelConfig.preset("bench_32m")
     kv, g, d = c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim
     lines = [f"decode attention, one layer of bench_32m ({kv} kv heads x {g} queries, head_dim "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import re
 import sys
 import time
 from pathlib import Path
@@ -41,20 +42,43 @@ from musc_jax.models import ModelConfig, init_model  # noqa: E402
 CATEGORIES = (
     (("_decode_attention", "_prefill_attention", "decode_attention"), "attention over the cache"),
     (("sample", "filter_logits", "top_p_filter", "top_k_filter", "argmax", "is_stop",
-      "_largest_threshold", "_sortable"), "sampling (top-p, Gumbel, argmax)"),
-    (("project_logits", "DecoderLM.logits"), "LM head"),
-    (("MLP.__call__",), "MLP dots (gate/up/down)"),
-    (("Attention._project",), "q/k/v projections"),
+      "_largest_threshold", "largest_threshold", "_sortable"), "sampling (top-p, Gumbel, argmax)"),
+    (("project_logits", "DecoderLM.logits", "packed_logits"), "LM head"),
+    (("MLP.__call__", "_packed_mlp"), "MLP dots (gate/up/down)"),
+    (("Attention._project", "_packed_qkv"), "q/k/v projections"),
     (("apply_rope", "rope_cos_sin"), "rope"),
     (("RMSNorm.__call__",), "norms"),
 )
 
 
-def categorize(hlo: str, vocab: int, attn_shape: str) -> dict[str, tuple[str, str, str]]:
-    """HLO instruction name -> (opcode, category, 'shape op_name'). `attn_shape`: the shape
-    prefix of the attention loop's carried state (its init ops carry no metadata)."""
+_PACKED = re.compile(r'%(\S+) = f32\[\d+,(\d+)\]\S* custom-call\(.*?custom_call_target='
+                     r'"musc_packed_matmul", operand_layout_constraints=\{f32\[\d+,(\d+)\]')
+
+
+def packed_matmul_kinds(hlo: str, config) -> dict[str, str]:
+    """Category of each CPU packed-matmul call, from its [K] -> [N] shape (its metadata carries
+    only the kernel's own frame, not the model function that called it)."""
+    c = config
+    qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
     out = {}
+    for name, n, k in _PACKED.findall(hlo):
+        n, k = int(n), int(k)
+        out[name] = ("LM head" if n == c.vocab_size else "q/k/v projections" if n == qkv
+                     else "MLP dots (gate/up/down)" if c.intermediate_size in (k, n // 2)
+                     else "o projection")
+    return out
+
+
+def categorize(hlo: str, vocab: int, attn_shape: str, config=None) -> dict[str, tuple[str, str, str]]:
+    """HLO instruction name -> (opcode, category, 'shape op_name'). `attn_shape`: the shape
+    prefix of the attention loop's carried state (its init ops carry no metadata); `config`:
+    the model's (to place the CPU kernel's matmuls)."""
+    out = {}
+    packed = packed_matmul_kinds(hlo, config) if config is not None else {}
     for name, opcode, what, names in hlo_instructions(hlo):
+        if name in packed:
+            out[name] = (opcode, packed[name], what)
+            continue
         cat = "other (embedding, bookkeeping, copies)"
         for funcs, label in CATEGORIES:
             if any(f in funcs for f in names):
@@ -75,13 +99,14 @@ def categorize(hlo: str, vocab: int, attn_shape: str) -> dict[str, tuple[str, st
 
 
 def decode_program(model, max_new: int, mode: SamplingMode, kernel: bool):
-    """The engine's jitted decode segment. `kernel`: decode attention by the CPU kernel (as the
-    engine does on one CPU device), else XLA's."""
+    """The engine's jitted decode segment, its parameters and packed weights. `kernel`: the
+    decode step by the CPU kernels (as the engine does on one CPU device), else XLA's ops."""
     graphdef, params = nnx.split(model)
     st = continuous._Static(mode, max_new, decode_kernel=kernel)
     fn = jax.jit(functools.partial(continuous._decode, graphdef, st=st, shardings=None),
-                 donate_argnums=1)
-    return fn, params
+                 donate_argnums=2)
+    packed = continuous.decode_weights(graphdef, params) if kernel else None
+    return functools.partial(fn, params, packed), fn, params, packed
 
 
 def main() -> None:
@@ -91,17 +116,17 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--length", type=int, default=0,
                         help="cache length L (default: the engine's bucket for pos + new tokens)")
-    parser.add_argument("--xla-attention", action="store_true",
-                        help="XLA's decode attention instead of the CPU kernel the engine uses")
+    parser.add_argument("--xla-ops", action="store_true",
+                        help="XLA's attention and dots instead of the CPU kernels the engine uses")
     parser.add_argument("--top", type=int, default=12, help="also list the N costliest ops")
     args = parser.parse_args()
 
     model = init_model(ModelConfig.preset("bench_32m"), seed=0)
-    mode = SamplingMode(False, False, True)
     max_new = 4 * args.steps + 8
     length = args.length or bucket_length(args.pos + max_new, minimum=continuous.MIN_CACHE_BUCKET)
-    kernel = not args.xla_attention and continuous.use_decode_kernel(model, None)
-    fn, params = decode_program(model, max_new, mode, kernel)
+    kernel = not args.xla_ops and continuous.use_decode_kernel(model, None)
+    mode = SamplingMode(False, False, True, kernel)      # top-p, cut as generate() makes it
+    call, fn, params, packed = decode_program(model, max_new, mode, kernel)
     scalars = (stop_id_array(None), np.int32(0), np.float32(1.0), np.int32(0), np.float32(0.9))
 
     def fresh():
@@ -115,17 +140,18 @@ def main() -> None:
         state = fresh()
         jax.block_until_ready(state)
         c0, t0 = time.process_time(), time.perf_counter()
-        out = fn(params, state, *scalars, np.int32(steps), np.int32(0))
+        out = call(state, *scalars, np.int32(steps), np.int32(0))
         jax.block_until_ready(out)
         assert int(out[1]) == steps
         return time.perf_counter() - t0, time.process_time() - c0
 
     run(args.steps)                                   # compile
     untraced = [run(args.steps) for _ in range(3)]
-    hlo = fn.lower(params, fresh(), *scalars, np.int32(1), np.int32(0)).compile().as_text()
+    hlo = fn.lower(params, packed, fresh(), *scalars, np.int32(1),
+                   np.int32(0)).compile().as_text()
     c = model.config
     kinds = categorize(hlo, c.vocab_size,
-                       f"f32[{args.slots},{c.num_kv_heads},{c.num_heads // c.num_kv_heads}")
+                       f"f32[{args.slots},{c.num_kv_heads},{c.num_heads // c.num_kv_heads}", c)
     traced = {}
 
     def traced_run():
@@ -143,8 +169,8 @@ def main() -> None:
     ops = sum(per_cat.values())
     step = wall * 1e3 / args.steps
     print(f"decode step: {args.slots} slots at position {args.pos}, cache length {length}, "
-          f"top-p 0.9; {args.steps} steps traced; decode attention by "
-          f"{'the CPU kernel' if kernel else 'XLA'}; jax {jax.__version__}")
+          f"top-p 0.9; {args.steps} steps traced; attention and dots by "
+          f"{'the CPU kernels' if kernel else 'XLA'}; jax {jax.__version__}")
     print(f"wall {step:.2f} ms per step (traced run), ops {ops:.2f} ms; untraced (best of 3): "
           f"wall {min(w for w, _ in untraced) * 1e3 / args.steps:.2f} ms, process CPU "
           f"{min(c for _, c in untraced) * 1e3 / args.steps:.2f} ms per step")

@@ -21,9 +21,9 @@ Engines: ours = `generate(..., engine="continuous")` (default slots), old = `eng
 (the engine before continuous batching), transformers = LlamaForCausalLM (torch CPU float32,
 `torch.set_num_threads(<cores>)`) on the same weights. Each is timed `--repeats` times after a
 warm-up call (compilation); the median is reported, ratios from the same run. Ours is also timed
-with XLA's decode attention instead of the CPU kernel (`musc_jax/engine/cpu_kernels.py`), which
-the engine uses on one CPU device in float32: what the kernel gains (`--skip-xla-attention`
-leaves it out).
+with XLA's decode attention and dots instead of the CPU kernels (`musc_jax/engine/cpu_kernels.py`:
+decode attention and the packed-weight matmul), which the engine uses on one CPU device in
+float32: what the kernels gain (`--skip-xla-ops` leaves it out).
 
 "finished work" is the share of decode slot-steps spent on rows that had already ended (static
 engine and transformers: padding rows of the batch); "idle" (ours) the share spent on slots
@@ -69,7 +69,7 @@ from common import fmt_times, median, time_calls  # noqa: E402
 from musc_jax import generate as gen  # noqa: E402
 from musc_jax.engine import continuous, hlo, static  # noqa: E402
 from musc_jax.engine.sampling import SamplingMode, sample  # noqa: E402
-from musc_jax.engine.slot_cache import init_slot_cache, slot_forward  # noqa: E402
+from musc_jax.engine.slot_cache import init_slot_cache, packed_logits, slot_forward  # noqa: E402
 from musc_jax.models import ModelConfig, init_model, save_pretrained  # noqa: E402
 
 TOP_P, TEMPERATURE = 0.9, 1.0
@@ -139,9 +139,9 @@ def time_hf(model, prompts, budgets, batch, repeats):
     return times, torch.__version__, torch.get_num_threads(), steps
 
 
-def time_ours_xla_attention(model, prompts, budgets, repeats):
-    """`time_ours` of the continuous engine with XLA's decode attention instead of the CPU
-    kernel (`cpu_kernels`): what the kernel gains, in the same run."""
+def time_ours_xla_ops(model, prompts, budgets, repeats):
+    """`time_ours` of the continuous engine with XLA's decode attention and dots instead of the
+    CPU kernels (`cpu_kernels`): what the kernels gain, in the same run."""
     use = continuous.use_decode_kernel
     continuous.use_decode_kernel = lambda model, mesh: False
     continuous._JIT.clear()
@@ -152,11 +152,11 @@ def time_ours_xla_attention(model, prompts, budgets, repeats):
         continuous._JIT.clear()
 
 
-def xla_attention_line(tokens, ours, xla) -> str:
+def xla_ops_line(tokens, ours, xla) -> str:
     if not xla:
         return ""
-    return (f"  ours with XLA's decode attention {fmt_times(xla)}  "
-            f"{tokens / median(xla):9.1f} useful tok/s; the CPU kernel speeds it up "
+    return (f"  ours with XLA's attention and dots {fmt_times(xla)}  "
+            f"{tokens / median(xla):9.1f} useful tok/s; the CPU kernels speed it up "
             f"{median(xla) / median(ours):.2f}x\n")
 
 
@@ -165,9 +165,10 @@ def step_profile(model, say, repeats: int = 5) -> None:
     b, s = FIXED["batch"], FIXED["prompt"] + FIXED["new"]
     graphdef, params = nnx.split(model)
     tok = jnp.zeros((b,), jnp.int32)
-    mode = SamplingMode(False, False, True)
     keys = jax.random.split(jax.random.key(0), b)
     kernel = continuous.use_decode_kernel(model, None)    # as the engine decodes
+    mode = SamplingMode(False, False, True, kernel)       # top-p, cut as generate() makes it
+    packed = continuous.decode_weights(graphdef, params) if kernel else None
 
     def old_step(params, cache, tok):
         m = nnx.merge(graphdef, params)
@@ -177,8 +178,10 @@ def step_profile(model, say, repeats: int = 5) -> None:
     def new_step(params, cache, tok, pos):
         m = nnx.merge(graphdef, params)
         h, cache = slot_forward(m, tok[:, None], jnp.arange(b), pos, cache, whole=True,
-                                decode_kernel=kernel)
-        return m.logits(h[:, 0]), cache
+                                decode_kernel=kernel, packed=packed)
+        logits = (m.logits(h[:, 0]) if packed is None
+                  else packed_logits(h[:, 0], packed, m.config.vocab_size))
+        return logits, cache
 
     old = jax.jit(old_step, donate_argnums=1)
     new = jax.jit(new_step, donate_argnums=1)
@@ -235,8 +238,8 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true", help="no transformers timing")
     parser.add_argument("--skip-static", action="store_true", help="no static-engine timing")
     parser.add_argument("--skip-profile", action="store_true", help="no decode-step profile")
-    parser.add_argument("--skip-xla-attention", action="store_true",
-                        help="no timing of the engine with XLA's decode attention")
+    parser.add_argument("--skip-xla-ops", action="store_true",
+                        help="no timing of the engine with XLA's attention and dots")
     parser.add_argument("--only", choices=("fixed", "mixed"), help="one workload only")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent.parent / "docs"
                                                  / "results" / "bench"),
@@ -267,7 +270,7 @@ def main() -> None:
         t0 = time.perf_counter()
         say(f"fixed: {b} prompts x {FIXED['prompt']} tokens, {new} new tokens each")
         ours, out, warm = time_ours(model, fixed, [new] * b, "continuous", args.repeats)
-        xla = [] if args.skip_xla_attention else time_ours_xla_attention(
+        xla = [] if args.skip_xla_ops else time_ours_xla_ops(
             model, fixed, [new] * b, args.repeats)
         old = [] if args.skip_static else time_ours(model, fixed, [new] * b, "static",
                                                     args.repeats)[0]
@@ -275,7 +278,7 @@ def main() -> None:
         report(say, "fixed", b * new, ours, old, hf,
                f"  ours: {out.stats.segments} decode segments, finished work "
                f"{out.stats.finished_fraction:.3f}, idle {out.stats.idle_fraction:.3f}; "
-               f"{warm}\n" + xla_attention_line(b * new, ours, xla))
+               f"{warm}\n" + xla_ops_line(b * new, ours, xla))
         if not args.skip_profile:
             step_profile(model, say)
         say(f"  (fixed section took {time.perf_counter() - t0:.0f} s, load average "
@@ -294,8 +297,8 @@ def main() -> None:
         extra = (f"  ours: {st.segments} decode segments, {st.prefill_calls} prefill calls, "
                  f"{st.resizes} resizes; finished work {st.finished_fraction:.3f}, idle "
                  f"{st.idle_fraction:.3f}; {warm}\n")
-        if not args.skip_xla_attention:
-            extra += xla_attention_line(useful, ours, time_ours_xla_attention(
+        if not args.skip_xla_ops:
+            extra += xla_ops_line(useful, ours, time_ours_xla_ops(
                 model, mixed, budgets, args.repeats))
         old = []
         if not args.skip_static:

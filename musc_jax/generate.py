@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from musc_jax.engine import cpu_kernels
 from musc_jax.engine.buckets import _EOS_SLOTS, bucket_batch, bucket_length, stop_id_array  # noqa: F401
 from musc_jax.engine.continuous import DEFAULT_MAX_SLOTS, EngineStats, generate_continuous
 from musc_jax.engine.counters import TRACE_COUNTS  # noqa: F401
@@ -90,8 +92,11 @@ def generate(model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | S
 
     rows = [p for p in prompts for _ in range(num_samples)]
     row_budgets = [b for b in budgets for _ in range(num_samples)]
-    mode = SamplingMode(greedy=temperature == 0, use_top_k=0 < top_k < vocab,
-                        use_top_p=top_p < 1.0)
+    greedy, use_top_k, use_top_p = temperature == 0, 0 < top_k < vocab, top_p < 1.0
+    # the top-k / top-p cut by the CPU kernel on one CPU device (both engines: same samples)
+    kernel = (mesh is None and not greedy and (use_top_k or use_top_p)
+              and cpu_kernels.decode_kernels_available(jnp.float32))
+    mode = SamplingMode(greedy, use_top_k, use_top_p, kernel)
     common = dict(seed=seed, stop_ids=stop_id_array(eos_token_id), pad=int(pad_token_id),
                   temperature=temperature if temperature > 0 else 1.0, top_k=int(top_k),
                   top_p=float(top_p), mode=mode, mesh=mesh)

@@ -1,6 +1,8 @@
-"""The CPU decode-attention kernel (an XLA FFI custom call built on first use): equal to a
-float64 softmax over each row's own positions, equal to XLA's version on the engine's shapes,
-used by the engine only where it applies, and a named error or warning when it cannot be built."""
+"""The CPU decode kernels (XLA FFI custom calls built on first use): attention equal to a float64
+softmax over each row's own positions and to XLA's version on the engine's shapes; the packed
+matmul equal to a float64 product; the sampler's top-k / top-p cut equal to the bisection's; a decode step on them equal to one on XLA's ops for every
+model family; used by the engine only where they apply; a named error or warning when they
+cannot be built."""
 
 import os
 import shutil
@@ -10,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from musc_jax.engine import continuous, cpu_kernels, slot_cache
+from musc_jax.engine import continuous, cpu_kernels, sampling, slot_cache
 from musc_jax.engine.sampling import SamplingMode
 from musc_jax.models import ModelConfig, init_model
 
@@ -86,20 +88,108 @@ def test_kernel_equals_xla_decode_attention_on_engine_shapes():
 
 
 @needs_compiler
-def test_engine_uses_the_kernel_only_where_it_applies():
-    """One CPU device in float32: the decode program calls the kernel; bfloat16 or a mesh: XLA's
-    version (a custom call cannot be partitioned)."""
+def test_engine_uses_the_kernels_only_where_they_apply():
+    """One CPU device in float32: the decode program calls both kernels; bfloat16 or a mesh:
+    XLA's ops (a custom call cannot be partitioned)."""
     model = init_model(ModelConfig.preset("tiny"), seed=0)
     assert continuous.use_decode_kernel(model, None)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
                              ("data", "fsdp", "tensor"))
     assert not continuous.use_decode_kernel(model, mesh)
-    assert not cpu_kernels.decode_attention_available(jnp.bfloat16)
+    assert not cpu_kernels.decode_kernels_available(jnp.bfloat16)
     text = continuous.decode_program_text(model, 4, 64, 8, SamplingMode(True, False, False),
                                           decode_kernel=True)
-    assert cpu_kernels.TARGET in text
+    assert cpu_kernels.TARGET in text and cpu_kernels.MATMUL_TARGET in text
     text = continuous.decode_program_text(model, 4, 64, 8, SamplingMode(True, False, False))
-    assert cpu_kernels.TARGET not in text
+    assert cpu_kernels.TARGET not in text and cpu_kernels.MATMUL_TARGET not in text
+
+
+def test_pack_layout():
+    """wp[p, k, j] = w[k, p * 64 + j], zero past N."""
+    w = np.arange(3 * 130, dtype=np.float32).reshape(3, 130)
+    wp = np.asarray(cpu_kernels.pack(jnp.asarray(w)))
+    assert wp.shape == (3, 3, cpu_kernels.PANEL)
+    for p in range(3):
+        for j in range(cpu_kernels.PANEL):
+            col = p * cpu_kernels.PANEL + j
+            np.testing.assert_array_equal(wp[p, :, j], w[:, col] if col < 130 else 0.0)
+
+
+@needs_compiler
+@pytest.mark.parametrize("m,k,n", [(1, 64, 64), (5, 100, 77), (6, 512, 1408), (7, 33, 130),
+                                   (16, 512, 1024), (64, 96, 8192)])
+def test_packed_matmul_equals_float64_product(m, k, n):
+    """Row counts below, at and past the 6-row register block (13 = 2 blocks + 1), N not a
+    multiple of the 64-column panel (the last panel is partial) and K not one of the vector
+    width; float64 reference, 1e-5 relative to the largest entry."""
+    rng = np.random.default_rng(m * 1000 + n)
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    w = rng.normal(size=(k, n)).astype(np.float32)
+    got = np.asarray(jax.jit(lambda x, w: cpu_kernels.packed_matmul(x, cpu_kernels.pack(w), n))(
+        x, w))
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    assert got.shape == (m, n)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@needs_compiler
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "mistral"])
+def test_decode_step_on_kernels_equals_xla_ops(family, tmp_path):
+    """One decode step of 13 slots (one idle) through `slot_forward` + logits: packed weights
+    and both kernels vs XLA's ops, for a tied LM head (llama3), q/k/v biases and a partial
+    panel (qwen2), q/k norms (qwen3) and a sliding window (mistral); 2e-5 relative."""
+    from hf_models import make_hf_model
+    from musc_jax.models import from_pretrained
+
+    make_hf_model(family, tmp_path)
+    model = from_pretrained(tmp_path)
+    c = model.config
+    rng = np.random.default_rng(2)
+    r, length = 13, 48
+    cache = slot_cache.SlotCache(
+        keys=tuple(jnp.asarray(rng.normal(size=(r, c.num_kv_heads, length, c.head_dim)),
+                               jnp.float32) for _ in range(c.num_layers)),
+        values=tuple(jnp.asarray(rng.normal(size=(r, c.num_kv_heads, length, c.head_dim)),
+                                 jnp.float32) for _ in range(c.num_layers)))
+    tok = jnp.asarray(rng.integers(0, c.vocab_size, size=(r, 1)), jnp.int32)
+    pos = jnp.asarray(rng.integers(0, length, size=(r,)), jnp.int32).at[4].set(length)
+    packed = slot_cache.pack_decode_weights(model)
+
+    def step(kernel):
+        h, new = slot_cache.slot_forward(model, tok, jnp.arange(r), pos, cache, whole=True,
+                                         decode_kernel=kernel, packed=packed if kernel else None)
+        logits = (slot_cache.packed_logits(h[:, 0], packed, c.vocab_size) if kernel
+                  else model.logits(h[:, 0]))
+        return logits, new
+
+    (got, got_cache), (want, want_cache) = step(True), step(False)
+    live = np.arange(r) != 4          # an idle slot's output is never read (the kernel: zeros)
+    scale = float(jnp.abs(want).max())
+    np.testing.assert_allclose(np.asarray(got)[live], np.asarray(want)[live], rtol=0,
+                               atol=2e-5 * scale)
+    for a, b in zip(got_cache.keys + got_cache.values, want_cache.keys + want_cache.values):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-5)
+
+
+@needs_compiler
+@pytest.mark.parametrize("scale,ties", [(1.0, False), (8.0, False), (2.0, True)])
+def test_threshold_kernel_keeps_what_bisection_keeps(scale, ties):
+    """The top-k and top-p cuts by the radix-select kernel keep exactly the tokens the 32-pass
+    bisection keeps: flat and peaked rows, rows of tied logits (rounded), rows with -inf
+    (already filtered), k from 1 past V, p from 0.05 to 1; 9 rows of 3000."""
+    rng = np.random.default_rng(int(scale * 10) + ties)
+    logits = rng.normal(size=(9, 3000)) * scale
+    logits = np.round(logits) if ties else logits
+    logits[3, :2500] = -np.inf
+    logits = jnp.asarray(logits, jnp.float32)
+    for p in (0.05, 0.5, 0.9, 0.999, 1.0):
+        want = jax.jit(lambda x: sampling.top_p_filter(x, p))(logits)
+        got = jax.jit(lambda x: sampling.top_p_filter(x, p, kernel=True))(logits)
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=f"top-p {p}")
+    for k in (1, 7, 499, 2999, 3000, 5000, 0):
+        want = jax.jit(lambda x: sampling.top_k_filter(x, k))(logits)
+        got = jax.jit(lambda x: sampling.top_k_filter(x, k, kernel=True))(logits)
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=f"top-k {k}")
 
 
 def test_missing_compiler_is_named(monkeypatch, tmp_path):
@@ -113,7 +203,7 @@ def test_compiler_error_is_reported(monkeypatch, tmp_path):
     """A source that does not compile: the compiler's message, and no library left behind."""
     bad = tmp_path / "bad.cc"
     bad.write_text("this is not C++\n")
-    monkeypatch.setattr(cpu_kernels, "SOURCE", bad)
+    monkeypatch.setattr(cpu_kernels, "SOURCES", (bad,))
     monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(tmp_path / "cache"))
     with pytest.raises(cpu_kernels.KernelBuildError, match="failed on bad.cc"):
         cpu_kernels.build()
@@ -126,8 +216,8 @@ import jax.numpy as jnp
 from musc_jax.engine import cpu_kernels
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    first = cpu_kernels.decode_attention_available(jnp.float32)
-    second = cpu_kernels.decode_attention_available(jnp.float32)
+    first = cpu_kernels.decode_kernels_available(jnp.float32)
+    second = cpu_kernels.decode_kernels_available(jnp.float32)
 print(first, second, len(caught), *[str(w.message) for w in caught], sep="|")
 """
 
@@ -145,4 +235,4 @@ def test_unavailable_kernel_warns_once_and_falls_back(env, want, tmp_path):
                          text=True, check=True).stdout.strip()
     assert out.startswith(want), out
     if "CXX" in env:
-        assert "decode-attention kernel is not available (no C++ compiler 'no-such-cxx'" in out
+        assert "decode kernels are not available (no C++ compiler 'no-such-cxx'" in out

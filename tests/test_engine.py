@@ -42,7 +42,7 @@ def test_greedy_matches_transformers_on_mixed_lengths(family, attention, tmp_pat
     if attention == "kernel" and shutil.which(os.environ.get("CXX") or "g++") is None:
         pytest.skip("no C++ compiler to build the CPU kernel")
     want_kernel = attention == "kernel"
-    assert cpu_kernels.decode_attention_available(np.float32) or not want_kernel
+    assert cpu_kernels.decode_kernels_available(np.float32) or not want_kernel
     monkeypatch.setattr(continuous, "use_decode_kernel", lambda model, mesh: want_kernel)
     hf, model = sharp_hf_and_ours(family, tmp_path)
     ref = _hf_greedy_rows(hf, PROMPTS, BUDGETS)

@@ -18,8 +18,9 @@ The cache length L is fixed for the whole call (the length bucket of the longest
 its budget) and a decode step reads the cache only up to its longest live row, so the shapes
 depend on (slots, L) and the prefill group bucket only: refilling slots compiles nothing new,
 and packing compiles one decode program per slot bucket, once per process (`TRACE_COUNTS`).
-On one CPU device in float32 the decode step's attention is a custom kernel (`cpu_kernels`) that
-reads each slot's cache only up to its own length.
+On one CPU device in float32 the decode step runs on custom kernels (`cpu_kernels`): attention
+that reads each slot's cache only up to its own length, and matmuls over weights packed once per
+call (`slot_cache.pack_decode_weights`).
 Sampling: row r draws token i from fold_in(fold_in(key(seed), r), i), exactly as the static
 engine, whatever slot it runs in.
 """
@@ -41,7 +42,8 @@ from musc_jax.engine import cpu_kernels
 from musc_jax.engine.buckets import bucket_batch, bucket_length, prefill_bucket, prefill_groups
 from musc_jax.engine.counters import TRACE_COUNTS
 from musc_jax.engine.sampling import SamplingMode, is_stop, sample
-from musc_jax.engine.slot_cache import SlotCache, init_slot_cache, slot_forward
+from musc_jax.engine.slot_cache import (DecodeWeights, SlotCache, init_slot_cache,
+                                        pack_decode_weights, packed_logits, slot_forward)
 
 MIN_CACHE_BUCKET = 64
 PREFILL_CHUNK = 512
@@ -63,7 +65,7 @@ class Slots(NamedTuple):
 class _Static:
     mode: SamplingMode
     max_new: int         # M: the output buffer's width
-    decode_kernel: bool = False   # decode attention by the CPU kernel (cpu_kernels)
+    decode_kernel: bool = False   # decode step by the CPU kernels (cpu_kernels)
 
 
 @dataclasses.dataclass
@@ -130,10 +132,11 @@ def _prefill(graphdef, params, state: Slots, ids, slots, lengths, rows, budgets,
     return _constrain(state, shardings), h_last
 
 
-def _decode(graphdef, params, state: Slots, stop_ids, pad, temperature, top_k, top_p, limit,
-            stop_at, *, st: _Static, shardings):
+def _decode(graphdef, params, packed: DecodeWeights | None, state: Slots, stop_ids, pad,
+            temperature, top_k, top_p, limit, stop_at, *, st: _Static, shardings):
     """Decode steps over all slots until `limit` steps, or until no more than `stop_at` slots
-    are live (the host then refills or packs them). Returns (state, steps, live-slot steps)."""
+    are live (the host then refills or packs them). `packed`: the weights for the CPU kernels
+    (with `st.decode_kernel`), else None. Returns (state, steps, live-slot steps)."""
     TRACE_COUNTS["engine_decode"] += 1
     model = nnx.merge(graphdef, params)
     n, length = state.pos.shape[0], state.cache.keys[0].shape[2]
@@ -148,8 +151,11 @@ def _decode(graphdef, params, state: Slots, stop_ids, pad, temperature, top_k, t
         # idle slots write at position L: dropped, their cache stays untouched
         wpos = jnp.where(s.active, s.pos, length)
         h, cache = slot_forward(model, s.tok[:, None], all_slots, wpos, s.cache, whole=True,
-                                decode_kernel=st.decode_kernel)
-        nxt = sample(model.logits(h[:, 0]), jax.random.wrap_key_data(s.keys), s.count, temperature, top_k, top_p, st.mode)
+                                decode_kernel=st.decode_kernel, packed=packed)
+        logits = (model.logits(h[:, 0]) if packed is None
+                  else packed_logits(h[:, 0], packed, model.config.vocab_size))
+        nxt = sample(logits, jax.random.wrap_key_data(s.keys), s.count, temperature, top_k,
+                     top_p, st.mode)
         col = jnp.where(s.active, s.count, st.max_new)               # idle: dropped
         out = s.out.at[all_slots, col].set(nxt, mode="drop")
         step = s.active.astype(jnp.int32)
@@ -242,6 +248,7 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
     e = model.config.hidden_size
     scalars = (np.asarray(stop_ids, np.int32), np.int32(pad), np.float32(temperature),
                np.int32(top_k), np.float32(top_p))
+    packed = decode_weights(graphdef, params) if st.decode_kernel else None
 
     def length_bucket(need: int) -> int:
         return bucket_length(need, minimum=MIN_CACHE_BUCKET)
@@ -323,12 +330,13 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
             continue
         limit = length - int(pos[slot_row >= 0].max())
         fn = _jitted("decode", graphdef, st, n, length, mesh, make=lambda: jax.jit(
-            functools.partial(_decode, graphdef, st=st, shardings=shardings), donate_argnums=1))
+            functools.partial(_decode, graphdef, st=st, shardings=shardings), donate_argnums=2))
         # stop when a row ends while prompts wait (refill), or when half the slots are idle
         # and the live rows fit a smaller slot bucket (pack)
         n_live = int(live.sum())
         stop_at = n_live - 1 if queue else (n // 2 if n > multiple else 0)
-        state, steps, useful = fn(params, state, *scalars, np.int32(limit), np.int32(stop_at))
+        state, steps, useful = fn(params, packed, state, *scalars, np.int32(limit),
+                                  np.int32(stop_at))
         steps, useful = (int(x) for x in _fetch(steps, useful))
         stats.segments += 1
         stats.useful += useful
@@ -337,21 +345,31 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
     return tokens, lengths
 
 
+def decode_weights(graphdef, params, *, make_only: bool = False):
+    """`pack_decode_weights` of the model (one jitted program per model structure); with
+    `make_only`, that program itself."""
+    fn = _jitted("pack", graphdef, make=lambda: jax.jit(
+        lambda p: pack_decode_weights(nnx.merge(graphdef, p))))
+    return fn if make_only else fn(params)
+
+
 def use_decode_kernel(model, mesh: Mesh | None) -> bool:
-    """Decode attention by the CPU kernel: on CPU, float32, one device (no mesh: XLA cannot
+    """The decode step by the CPU kernels: on CPU, float32, one device (no mesh: XLA cannot
     partition a custom call, so on a mesh it would gather the whole cache to every device)."""
-    return mesh is None and cpu_kernels.decode_attention_available(model.dtype)
+    return mesh is None and cpu_kernels.decode_kernels_available(model.dtype)
 
 
 def decode_program_text(model, slots: int, length: int, max_new: int,
                         mode: SamplingMode, decode_kernel: bool = False) -> str:
     """The optimized HLO of the decode segment for `slots` x `length` (to inspect its copies);
-    `decode_kernel`: with the CPU decode-attention kernel."""
+    `decode_kernel`: with the CPU kernels."""
     graphdef, params = nnx.split(model)
     state = jax.eval_shape(lambda: _empty_state(model, slots, length, max_new, None))
     fn = jax.jit(functools.partial(_decode, graphdef,
                                    st=_Static(mode, max_new, decode_kernel=decode_kernel),
-                                   shardings=None), donate_argnums=1)
+                                   shardings=None), donate_argnums=2)
     scalars = (np.zeros((4,), np.int32), np.int32(0), np.float32(1), np.int32(0), np.float32(1),
                np.int32(1), np.int32(0))
-    return fn.lower(params, state, *scalars).compile().as_text()
+    packed = jax.eval_shape(decode_weights(graphdef, None, make_only=True), params) \
+        if decode_kernel else None
+    return fn.lower(params, packed, state, *scalars).compile().as_text()

@@ -1,15 +1,23 @@
 """CPU kernels for the decode engine, as XLA FFI custom calls compiled on first use.
 
-`decode_attention` is the continuous engine's decode attention over the slot cache when it
-runs on CPU in float32 without a mesh. XLA:CPU's version (`slot_cache._decode_attention`) must
-read every slot up to the longest live row and streams the cache at 4-5 GB/s; the kernel
-(`kernels/decode_attention.cc`) streams each (slot, kv head) once up to its own position, at
-the machine's memory bandwidth (`bench/decode_attention.py`).
+The continuous engine's decode step uses them when it runs on CPU in float32 without a mesh:
 
-The source is compiled with the system's C++ compiler (`CXX`, else `g++`) against jaxlib's FFI
-headers into a per-user cache, keyed by the source, the flags, jaxlib's version and this CPU,
-then registered with XLA once per process. Without a compiler, or with MUSC_JAX_CPU_KERNELS=0,
-decoding keeps the XLA version and a warning says so once.
+* `decode_attention` over the slot cache. XLA:CPU's version (`slot_cache._decode_attention`)
+  must read every slot up to the longest live row and streams the cache at 4-5 GB/s; the kernel
+  (`kernels/decode_attention.cc`) streams each (slot, kv head) once up to its own position, at
+  the machine's memory bandwidth (`bench/decode_attention.py`).
+* `packed_matmul`: the few rows of a decode step times a weight matrix packed once per call
+  (`pack`) into contiguous column panels (`kernels/packed_matmul.cc`). XLA:CPU's library dots
+  repack the weights on every call; at 8-16 rows they read them at about half the machine's
+  bandwidth (`bench/decode_floor.py`).
+* `largest_threshold`: the sampler's top-k / top-p cut (`sampling._largest_threshold`) by a
+  three-pass radix select per row (`kernels/largest_threshold.cc`) instead of 32 bisection
+  passes over the logits.
+
+The sources are compiled with the system's C++ compiler (`CXX`, else `g++`) against jaxlib's
+FFI headers into one library in a per-user cache, keyed by the sources, the flags, jaxlib's
+version and this CPU, then registered with XLA once per process. Without a compiler, or with
+MUSC_JAX_CPU_KERNELS=0, decoding keeps XLA's ops and a warning says so once.
 """
 
 from __future__ import annotations
@@ -29,8 +37,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = Path(__file__).with_name("kernels") / "decode_attention.cc"
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = (KERNELS / "decode_attention.cc", KERNELS / "packed_matmul.cc",
+           KERNELS / "largest_threshold.cc")
+HEADERS = (KERNELS / "parallel_for.h",)
 TARGET = "musc_decode_attention"
+MATMUL_TARGET = "musc_packed_matmul"
+THRESHOLD_TARGET = "musc_largest_threshold"
+PANEL = 64                      # columns per packed panel (kPanel in packed_matmul.cc)
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-std=c++17", "-fPIC", "-shared", "-w")
 ENV_SWITCH = "MUSC_JAX_CPU_KERNELS"
 ENV_CACHE = "MUSC_JAX_KERNEL_CACHE"
@@ -57,7 +71,7 @@ def _cache_dir() -> Path:
 
 
 def build(compiler: str | None = None) -> Path:
-    """Compile the kernel library (once per source, flags, jaxlib and CPU) and return its path.
+    """Compile the kernel library (once per sources, flags, jaxlib and CPU) and return its path.
     Raises KernelBuildError with the compiler's message when it fails."""
     compiler = compiler or os.environ.get("CXX") or "g++"
     if shutil.which(compiler) is None:
@@ -65,9 +79,10 @@ def build(compiler: str | None = None) -> Path:
     import jaxlib
 
     include = jax.ffi.include_dir()
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *FLAGS, jaxlib.__version__,
+    texts = [f.read_text() for f in (*SOURCES, *HEADERS)]
+    key = hashlib.sha256("\0".join([*texts, compiler, *FLAGS, jaxlib.__version__,
                                     _cpu_signature()]).encode()).hexdigest()[:20]
-    out = _cache_dir() / f"decode_attention-{key}.so"
+    out = _cache_dir() / f"musc_kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,10 +90,11 @@ def build(compiler: str | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([compiler, *FLAGS, f"-I{include}", str(SOURCE), "-o", tmp],
+        proc = subprocess.run([compiler, *FLAGS, f"-I{include}", *map(str, SOURCES), "-o", tmp],
                               capture_output=True, text=True)
         if proc.returncode != 0:
-            raise KernelBuildError(f"{compiler} failed on {SOURCE.name}:\n{proc.stderr[-2000:]}")
+            names = ", ".join(f.name for f in SOURCES)
+            raise KernelBuildError(f"{compiler} failed on {names}:\n{proc.stderr[-2000:]}")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -88,31 +104,35 @@ def build(compiler: str | None = None) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _load() -> None:
-    """Build, load and register the kernel with XLA, once per process."""
+    """Build, load and register the kernels with XLA, once per process."""
     lib = ctypes.cdll.LoadLibrary(str(build()))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.MuscDecodeAttention),
+                                platform="cpu")
+    jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(lib.MuscPackedMatmul),
+                                platform="cpu")
+    jax.ffi.register_ffi_target(THRESHOLD_TARGET, jax.ffi.pycapsule(lib.MuscLargestThreshold),
                                 platform="cpu")
 
 
 @functools.lru_cache(maxsize=None)
 def _register() -> bool:
-    """Whether the kernel is registered; False (with one warning) when it is switched off or
-    cannot be built."""
+    """Whether the kernels are registered; False (with one warning) when they are switched off
+    or cannot be built."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return False
     try:
         _load()
     except (KernelBuildError, OSError, AttributeError) as err:
-        warnings.warn(f"musc_jax: the CPU decode-attention kernel is not available ({err}); "
-                      f"decoding uses XLA's version, several times slower on long caches. "
+        warnings.warn(f"musc_jax: the CPU decode kernels are not available ({err}); decoding "
+                      f"uses XLA's ops, several times slower on long caches. "
                       f"{ENV_SWITCH}=0 silences this.", RuntimeWarning, stacklevel=3)
         return False
     return True
 
 
-def decode_attention_available(dtype) -> bool:
-    """Whether decode programs on this process's default backend should use the kernel: CPU,
-    float32 cache, and the kernel built (compiled here on the first call)."""
+def decode_kernels_available(dtype) -> bool:
+    """Whether decode programs on this process's default backend should use the kernels: CPU,
+    float32 compute and cache, and the kernels built (compiled here on the first call)."""
     return (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32
             and _register())
 
@@ -129,3 +149,37 @@ def decode_attention(q: jax.Array, kc: jax.Array, vc: jax.Array, positions: jax.
         q[:, 0].astype(jnp.float32) * scale, kc, vc, positions[:, 0].astype(jnp.int32),
         window=np.int64(window or 0))
     return out.astype(q.dtype).reshape(r, 1, h * d)
+
+
+def pack(w: jax.Array) -> jax.Array:
+    """w [K, N] as `packed_matmul`'s panels [ceil(N / PANEL), K, PANEL] (float32; columns past
+    N are zero): wp[p, k, j] = w[k, p * PANEL + j]."""
+    k, n = w.shape
+    panels = -(-n // PANEL)
+    w = jnp.pad(w.astype(jnp.float32), ((0, 0), (0, panels * PANEL - n)))
+    return w.reshape(k, panels, PANEL).transpose(1, 0, 2)
+
+
+def packed_matmul(x: jax.Array, wp: jax.Array, n: int) -> jax.Array:
+    """x [M, K] @ w [K, n] (float32) with w given as `pack(w)`. Returns [M, n] float32."""
+    if not _register():
+        raise KernelBuildError(f"{MATMUL_TARGET} is not available on this process (see the "
+                               f"warning)")
+    return jax.ffi.ffi_call(MATMUL_TARGET, jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32))(
+        x.astype(jnp.float32), wp, n=np.int64(n))
+
+
+def largest_threshold(keys: jax.Array, target: jax.Array,
+                      weights: jax.Array | None = None) -> jax.Array:
+    """Per row of keys [R, V] (uint32) the largest t with sum(weights[keys >= t]) >= target [R]
+    (weights None: each key counts 1), 0 when no t reaches it. Returns [R, 1] uint32."""
+    if not _register():
+        raise KernelBuildError(f"{THRESHOLD_TARGET} is not available on this process (see the "
+                               f"warning)")
+    r = keys.shape[0]
+    counts = weights is None
+    w = jnp.zeros((1, 1), jnp.float32) if counts else weights.astype(jnp.float32)
+    t = jnp.broadcast_to(jnp.asarray(target, jnp.float32).reshape(-1), (r,))
+    out = jax.ffi.ffi_call(THRESHOLD_TARGET, jax.ShapeDtypeStruct((r,), jnp.uint32))(
+        keys, w, t, counts=np.int64(counts))
+    return out[:, None]

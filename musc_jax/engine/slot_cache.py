@@ -54,8 +54,43 @@ def _layers(model) -> list:
             for i in range(model.config.num_layers)]
 
 
+class DecodeWeights(NamedTuple):
+    """The decoder's matrices packed for `cpu_kernels.packed_matmul` (one tuple entry per
+    layer): q|k|v side by side, o, gate|up side by side, down, and the LM head [E, V]."""
+
+    qkv: tuple
+    qkv_bias: tuple      # [H*D + 2*KV*D] per layer, or None (no attention bias)
+    o: tuple
+    gate_up: tuple
+    down: tuple
+    lm_head: jax.Array
+
+
+def pack_decode_weights(model) -> DecodeWeights:
+    """The model's decode-step matrices in the CPU kernel's panel layout (float32): computed once
+    per generation call, outside the decode loop, so no step repacks a weight."""
+    qkv, bias, o, gate_up, down = [], [], [], [], []
+    for layer in _layers(model):
+        a, m = layer.attn, layer.mlp
+        e = a.q_proj.shape[0]
+        flat = [w[...].reshape(e, -1) for w in (a.q_proj, a.k_proj, a.v_proj)]
+        qkv.append(cpu_kernels.pack(jnp.concatenate(flat, axis=1)))
+        bias.append(None if a.q_bias is None else jnp.concatenate(
+            [b[...].reshape(-1) for b in (a.q_bias, a.k_bias, a.v_bias)]).astype(jnp.float32))
+        o.append(cpu_kernels.pack(a.o_proj[...].reshape(-1, e)))
+        gate_up.append(cpu_kernels.pack(jnp.concatenate([m.gate_proj[...], m.up_proj[...]], 1)))
+        down.append(cpu_kernels.pack(m.down_proj[...]))
+    return DecodeWeights(tuple(qkv), tuple(bias), tuple(o), tuple(gate_up), tuple(down),
+                         cpu_kernels.pack(model.lm_head_weight()))
+
+
+def packed_logits(h: jax.Array, weights: DecodeWeights, vocab: int) -> jax.Array:
+    """float32 logits [R, V] of hidden states h [R, E] by the packed LM head."""
+    return cpu_kernels.packed_matmul(h, weights.lm_head, vocab)
+
+
 def _attend(attn, x, cos, sin, kc, vc, slots, positions, *, whole: bool, kv_len: int,
-            kernel: bool):
+            kernel: bool, packed: tuple | None = None):
     """One attention block over the slot cache.
 
     x [R, T, E] the tokens of rows that live in `slots` [R] at cache `positions` [R, T]. Their
@@ -65,20 +100,45 @@ def _attend(attn, x, cos, sin, kc, vc, slots, positions, *, whole: bool, kv_len:
     order and T = 1 (decoding), so the cache is read in place, up to the longest live row;
     otherwise the rows' slots are gathered, positions < kv_len only (prefill chunks). `kernel`:
     decode attention by the CPU kernel (`cpu_kernels.decode_attention`), which reads each slot
-    only up to its own position. Returns (out [R, T, E], kc, vc).
+    only up to its own position. `packed`: this layer's (qkv, qkv_bias, o) of `DecodeWeights`,
+    projections by `cpu_kernels.packed_matmul`. Returns (out [R, T, E], kc, vc).
     """
-    q, k, v = attn.qkv(x, cos, sin)
+    r, t, e = x.shape
+    q, k, v = attn.qkv(x, cos, sin) if packed is None else _packed_qkv(attn, x, cos, sin,
+                                                                        *packed[:2])
     kc = kc.at[slots[:, None], :, positions, :].set(k.astype(kc.dtype), mode="drop")
     vc = vc.at[slots[:, None], :, positions, :].set(v.astype(vc.dtype), mode="drop")
-    r, t, h, d = q.shape
+    h, d = q.shape[2], q.shape[3]
     if whole:
         attend = cpu_kernels.decode_attention if kernel else _decode_attention
         out = attend(q, kc, vc, positions, scale=attn.scale, window=attn.window)
     else:
         out = _prefill_attention(q, kc, vc, slots, positions, kv_len, scale=attn.scale,
                                  window=attn.window)
+    if packed is not None:
+        return (cpu_kernels.packed_matmul(out.reshape(r * t, h * d), packed[2], e)
+                .reshape(r, t, e), kc, vc)
     o = attn.o_proj[...].astype(attn.dtype)
     return (out.reshape(r * t, h * d) @ o.reshape(h * d, -1)).reshape(r, t, -1), kc, vc
+
+
+def _packed_qkv(attn, x, cos, sin, w_qkv: jax.Array, bias: jax.Array | None):
+    """`Attention.qkv` of x [R, T, E] by the packed kernel: q|k|v in one matmul."""
+    r, t, e = x.shape
+    h, kvh, d = attn.q_proj.shape[1], attn.k_proj.shape[1], attn.k_proj.shape[2]
+    y = cpu_kernels.packed_matmul(x.reshape(r * t, e), w_qkv, (h + 2 * kvh) * d)
+    y = y if bias is None else y + bias
+    q, k, v = (y[:, a * d:b * d].reshape(r, t, -1, d)
+               for a, b in ((0, h), (h, h + kvh), (h + kvh, h + 2 * kvh)))
+    return (*attn.position(q, k, cos, sin), v)
+
+
+def _packed_mlp(x: jax.Array, w_gate_up: jax.Array, w_down: jax.Array, mlp: int) -> jax.Array:
+    """The MLP (`llama.MLP`) of x [R, T, E] by the packed kernels: gate|up in one matmul."""
+    r, t, e = x.shape
+    gu = cpu_kernels.packed_matmul(x.reshape(r * t, e), w_gate_up, 2 * mlp)
+    act = jax.nn.silu(gu[:, :mlp]) * gu[:, mlp:]
+    return cpu_kernels.packed_matmul(act, w_down, e).reshape(r, t, e)
 
 
 def _prefill_attention(q, kc, vc, slots, positions, kv_len: int, *, scale, window):
@@ -141,14 +201,16 @@ def _decode_attention(q, kc, vc, positions, *, scale, window):
 
 def slot_forward(model, ids: jax.Array, slots: jax.Array, start: jax.Array, cache: SlotCache, *,
                  whole: bool, kv_len: int = 0,
-                 decode_kernel: bool = False) -> tuple[jax.Array, SlotCache]:
+                 decode_kernel: bool = False,
+                 packed: DecodeWeights | None = None) -> tuple[jax.Array, SlotCache]:
     """Final normed hidden states [R, T, E] of `ids` [R, T] placed in `slots` [R] from cache
     position `start` [R] on, and the cache with their keys/values written.
 
     Decoding: T = 1, R = all slots (`whole=True`). Prefill chunk: `whole=False`, the chunk
     attends to its slots' positions < `kv_len` (the prompt so far, never the whole cache).
     `decode_kernel`: decode attention by the CPU kernel (only where
-    `cpu_kernels.decode_attention_available`, and without a mesh).
+        `cpu_kernels.decode_kernels_available`, and without a mesh). `packed`: the matrices of
+    `pack_decode_weights`, every projection by the CPU matmul kernel (decoding only).
     """
     t = ids.shape[1]
     positions = start[:, None] + jnp.arange(t, dtype=start.dtype)[None, :]
@@ -158,9 +220,15 @@ def slot_forward(model, ids: jax.Array, slots: jax.Array, start: jax.Array, cach
     for i, layer in enumerate(_layers(model)):
         a, kc, vc = _attend(layer.attn, layer.input_norm(x), cos, sin, cache.keys[i],
                             cache.values[i], slots, positions, whole=whole, kv_len=kv_len,
-                            kernel=decode_kernel)
+                            kernel=decode_kernel,
+                            packed=None if packed is None else
+                            (packed.qkv[i], packed.qkv_bias[i], packed.o[i]))
         x = x + a
-        x = x + layer.mlp(layer.post_attn_norm(x))
+        if packed is None:
+            x = x + layer.mlp(layer.post_attn_norm(x))
+        else:
+            x = x + _packed_mlp(layer.post_attn_norm(x), packed.gate_up[i], packed.down[i],
+                                model.config.intermediate_size)
         new_k.append(kc)
         new_v.append(vc)
     return model.norm(x), SlotCache(tuple(new_k), tuple(new_v))

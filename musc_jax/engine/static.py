@@ -30,10 +30,11 @@ class _Static:
     greedy: bool
     use_top_k: bool
     use_top_p: bool
+    kernel: bool = False
 
     @property
     def mode(self) -> SamplingMode:
-        return SamplingMode(self.greedy, self.use_top_k, self.use_top_p)
+        return SamplingMode(self.greedy, self.use_top_k, self.use_top_p, self.kernel)
 
 
 def _decode(graphdef, state, ids, mask, live, seed, eos, pad, temperature, top_k, top_p,
@@ -116,7 +117,7 @@ def generate_static(model, rows: Sequence[Sequence[int]], max_new_tokens: int, *
     ids, mask = left_pad(rows, b, tp)
     live = np.arange(b) < len(rows)
     st = _Static(max_new_tokens=int(max_new_tokens), greedy=mode.greedy,
-                 use_top_k=mode.use_top_k, use_top_p=mode.use_top_p)
+                 use_top_k=mode.use_top_k, use_top_p=mode.use_top_p, kernel=mode.kernel)
     graphdef, state = nnx.split(model)
     cache_spec = None
     if mesh is not None:
@@ -143,7 +144,7 @@ def decode_program_text(model, batch: int, prompt_len: int, max_new: int,
                         mode: SamplingMode) -> str:
     """The optimized HLO of the static engine's prefill + decode loop (to inspect its copies)."""
     graphdef, params = nnx.split(model)
-    st = _Static(max_new, mode.greedy, mode.use_top_k, mode.use_top_p)
+    st = _Static(max_new, mode.greedy, mode.use_top_k, mode.use_top_p, mode.kernel)
     ids = np.zeros((batch, prompt_len), np.int32)
     return _compiled(graphdef, st, None, None).lower(
         params, ids, ids, np.ones((batch,), bool), np.uint32(0), np.zeros((4,), np.int32),

@@ -123,9 +123,13 @@ class Attention(nnx.Module):
         q = self._project(x, self.q_proj, self.q_bias, "query_proj")
         k = self._project(x, self.k_proj, self.k_bias, "key_proj")
         v = self._project(x, self.v_proj, self.v_bias, "value_proj")
+        return (*self.position(q, k, cos, sin), v)
+
+    def position(self, q, k, cos, sin):
+        """Projected queries [B, T, H, D] and keys [B, T, KV, D], normed (qk_norm) and roped."""
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
     def __call__(self, x, cos, sin, key_mask, q_slots, cache_kv=None, write_index=None,
                  attention: str = "einsum", mesh=None):

@@ -3,7 +3,8 @@
 // One query token per slot. Each (slot, kv head) streams its own keys and values once, from
 // the window's start up to its own position, with an online softmax in float32: the cost of a
 // step follows each row's length, where the XLA version reads every slot up to the longest
-// live row. (slot, kv head) items are shared out over XLA's intra-op thread pool.
+// live row. (slot, kv head) items are shared out over XLA's intra-op thread pool
+// (parallel_for.h).
 //
 // Shapes (float32): q [R, H, D] (already multiplied by the softmax scale), k/v [R, KV, L, D],
 // pos [R] int32 (the query's cache position; its own key is already written there; a slot at
@@ -11,14 +12,12 @@
 // at position p is seen only when pos - p < window.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <memory>
-#include <thread>
 #include <vector>
 
+#include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -105,25 +104,6 @@ void AttendOne(const Problem& p, int64_t slot, int64_t head, float* scratch) {
   }
 }
 
-// Work shared by the calling thread and the pool's workers; kept alive by whichever of them
-// finishes last (a worker may start after the call has returned, find nothing left and exit).
-struct Shared {
-  Problem problem;
-  int64_t items;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-
-  void Work() {
-    std::vector<float> scratch(problem.group * (kBlock + problem.dim + 2));
-    int64_t finished = 0;
-    for (int64_t i = next.fetch_add(1); i < items; i = next.fetch_add(1)) {
-      AttendOne(problem, i / problem.kv, i % problem.kv, scratch.data());
-      ++finished;
-    }
-    done.fetch_add(finished, std::memory_order_release);
-  }
-};
-
 ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                            ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
                            ffi::Buffer<ffi::S32> pos, ffi::ResultBuffer<ffi::F32> out,
@@ -138,15 +118,14 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
         "musc_decode_attention: expected q [R, H, D], k/v [R, KV, L, D] with H a multiple of "
         "KV, pos [R]");
   }
-  auto shared = std::make_shared<Shared>();
-  shared->problem = Problem{q.typed_data(), k.typed_data(), v.typed_data(), pos.typed_data(),
-                            out->typed_data(), kd[1], kd[2], kd[3], qd[1] / kd[1], window};
-  shared->items = qd[0] * kd[1];
-  const int64_t workers = std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1),
-                                            shared->items);
-  for (int64_t w = 1; w < workers; ++w) pool.Schedule([shared] { shared->Work(); });
-  shared->Work();
-  while (shared->done.load(std::memory_order_acquire) < shared->items) std::this_thread::yield();
+  const Problem problem{q.typed_data(), k.typed_data(), v.typed_data(), pos.typed_data(),
+                        out->typed_data(), kd[1], kd[2], kd[3], qd[1] / kd[1], window};
+  musc::ParallelFor(pool, qd[0] * kd[1], [problem] {
+    return [problem, scratch = std::vector<float>(problem.group * (kBlock + problem.dim + 2))](
+               int64_t i) mutable {
+      AttendOne(problem, i / problem.kv, i % problem.kv, scratch.data());
+    };
+  });
   return ffi::Error::Success();
 }
 
