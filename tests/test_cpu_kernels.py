@@ -1,6 +1,7 @@
 """The CPU decode kernels (XLA FFI custom calls built on first use): attention equal to a float64
 softmax over each row's own positions and to XLA's version on the engine's shapes; the packed
-matmul equal to a float64 product; the sampler's top-k / top-p cut equal to the bisection's; a decode step on them equal to one on XLA's ops for every
+matmul equal to a float64 product; the sampler's top-k / top-p cut equal to the bisection's and
+its Gumbel draw equal to jax.random's; a decode step on them equal to one on XLA's ops for every
 model family; used by the engine only where they apply; a named error or warning when they
 cannot be built."""
 
@@ -190,6 +191,59 @@ def test_threshold_kernel_keeps_what_bisection_keeps(scale, ties):
         want = jax.jit(lambda x: sampling.top_k_filter(x, k))(logits)
         got = jax.jit(lambda x: sampling.top_k_filter(x, k, kernel=True))(logits)
         np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=f"top-k {k}")
+
+
+@needs_compiler
+@pytest.mark.parametrize("r,v,scale", [(300, 8192, 1.0), (200, 77, 3.0), (40, 49152, 0.5)])
+def test_gumbel_kernel_draws_what_jax_draws(r, v, scale):
+    """The kernel's draw = argmax(logits + jax.random.gumbel(key, (V,))) for every row: the
+    same threefry bits, logs within float32 rounding (a flip needs two noisy logits within
+    ~1e-6 of each other: about 1 in 10^6 rows). V not a multiple of the 16 lanes (77), rows
+    with half the vocabulary at -inf, a real model's vocabulary (49152)."""
+    rng = np.random.default_rng(v)
+    logits = rng.normal(size=(r, v)) * scale
+    logits[5, : v // 2] = -np.inf
+    logits = jnp.asarray(logits, jnp.float32)
+    keys = jax.random.split(jax.random.key(7), r)
+    g = jax.vmap(lambda k: jax.random.gumbel(k, (v,), jnp.float32))(keys)
+    want = np.argmax(np.asarray(logits + g), axis=-1)
+    got = np.asarray(jax.jit(cpu_kernels.gumbel_argmax)(logits, jax.random.key_data(keys)))
+    np.testing.assert_array_equal(got, want)
+    assert got[5] >= v // 2
+
+
+def test_gumbel_kernel_only_for_jax_default_draws():
+    """Other key types or the high-dynamic-range Gumbel: the sampler keeps jax.random.gumbel."""
+    assert sampling._kernel_draws_like_jax(jax.random.split(jax.random.key(0), 2))
+    assert not sampling._kernel_draws_like_jax(
+        jax.random.split(jax.random.key(0, impl="rbg"), 2))
+    jax.config.update("jax_high_dynamic_range_gumbel", True)
+    try:
+        assert not sampling._kernel_draws_like_jax(jax.random.split(jax.random.key(0), 2))
+    finally:
+        jax.config.update("jax_high_dynamic_range_gumbel", False)
+
+
+def test_packed_weights_are_reused_while_the_parameters_live():
+    """Generating again with the same arrays packs nothing; new arrays are packed anew; the
+    packed copy goes with the parameters it came from."""
+    import gc
+
+    from flax import nnx
+    model = init_model(ModelConfig.preset("tiny"), seed=0)
+    graphdef, params = nnx.split(model)
+    first = continuous.decode_weights(graphdef, params)
+    assert continuous.decode_weights(graphdef, params) is first
+    params2 = jax.tree.map(lambda a: a + 1, params)
+    second = continuous.decode_weights(graphdef, params2)
+    assert second is not first
+    np.testing.assert_allclose(np.asarray(second.lm_head), np.asarray(first.lm_head) + 1)
+    del params, first, model
+    gc.collect()
+    assert continuous._PACKED[graphdef][1] is second      # the old arrays' end leaves the new
+    del params2, second
+    gc.collect()
+    assert graphdef not in continuous._PACKED
 
 
 def test_missing_compiler_is_named(monkeypatch, tmp_path):

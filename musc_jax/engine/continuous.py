@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import weakref
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -345,12 +346,35 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
     return tokens, lengths
 
 
+# graphdef -> (weak references to the parameter arrays, their packed weights): a model that
+# generates again with the same arrays (pair building, evaluation) packs once
+_PACKED: dict[Any, tuple[list, DecodeWeights]] = {}
+
+
 def decode_weights(graphdef, params, *, make_only: bool = False):
-    """`pack_decode_weights` of the model (one jitted program per model structure); with
-    `make_only`, that program itself."""
+    """`pack_decode_weights` of the model (one jitted program per model structure), reused
+    while the parameters are the same arrays; with `make_only`, the jitted program itself."""
     fn = _jitted("pack", graphdef, make=lambda: jax.jit(
         lambda p: pack_decode_weights(nnx.merge(graphdef, p))))
-    return fn if make_only else fn(params)
+    if make_only:
+        return fn
+    leaves = jax.tree.leaves(params)
+    cached = _PACKED.get(graphdef)
+    if cached is not None and len(cached[0]) == len(leaves) and all(
+            ref() is leaf for ref, leaf in zip(cached[0], leaves)):
+        return cached[1]
+    _PACKED.pop(graphdef, None)                 # free the old copy before packing a new one
+    packed = fn(params)
+    refs = [weakref.ref(leaf) for leaf in leaves]
+    _PACKED[graphdef] = (refs, packed)
+    # the packed copy lives no longer than the parameters it was packed from
+    weakref.finalize(leaves[0], _forget_packed, graphdef, refs)
+    return packed
+
+
+def _forget_packed(graphdef, refs) -> None:
+    if graphdef in _PACKED and _PACKED[graphdef][0] is refs:
+        del _PACKED[graphdef]
 
 
 def use_decode_kernel(model, mesh: Mesh | None) -> bool:

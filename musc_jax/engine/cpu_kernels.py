@@ -13,6 +13,9 @@ The continuous engine's decode step uses them when it runs on CPU in float32 wit
 * `largest_threshold`: the sampler's top-k / top-p cut (`sampling._largest_threshold`) by a
   three-pass radix select per row (`kernels/largest_threshold.cc`) instead of 32 bisection
   passes over the logits.
+* `gumbel_argmax`: the sampler's draw, jax's threefry Gumbel noise (the same bits) added to the
+  logits and the argmax taken in one vectorised pass (`kernels/gumbel_argmax.cc`); XLA:CPU
+  runs threefry as a scalar loop.
 
 The sources are compiled with the system's C++ compiler (`CXX`, else `g++`) against jaxlib's
 FFI headers into one library in a per-user cache, keyed by the sources, the flags, jaxlib's
@@ -39,11 +42,12 @@ import numpy as np
 
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = (KERNELS / "decode_attention.cc", KERNELS / "packed_matmul.cc",
-           KERNELS / "largest_threshold.cc")
+           KERNELS / "largest_threshold.cc", KERNELS / "gumbel_argmax.cc")
 HEADERS = (KERNELS / "parallel_for.h",)
 TARGET = "musc_decode_attention"
 MATMUL_TARGET = "musc_packed_matmul"
 THRESHOLD_TARGET = "musc_largest_threshold"
+GUMBEL_TARGET = "musc_gumbel_argmax"
 PANEL = 64                      # columns per packed panel (kPanel in packed_matmul.cc)
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-std=c++17", "-fPIC", "-shared", "-w")
 ENV_SWITCH = "MUSC_JAX_CPU_KERNELS"
@@ -111,6 +115,8 @@ def _load() -> None:
     jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(lib.MuscPackedMatmul),
                                 platform="cpu")
     jax.ffi.register_ffi_target(THRESHOLD_TARGET, jax.ffi.pycapsule(lib.MuscLargestThreshold),
+                                platform="cpu")
+    jax.ffi.register_ffi_target(GUMBEL_TARGET, jax.ffi.pycapsule(lib.MuscGumbelArgmax),
                                 platform="cpu")
 
 
@@ -183,3 +189,14 @@ def largest_threshold(keys: jax.Array, target: jax.Array,
     out = jax.ffi.ffi_call(THRESHOLD_TARGET, jax.ShapeDtypeStruct((r,), jnp.uint32))(
         keys, w, t, counts=np.int64(counts))
     return out[:, None]
+
+
+def gumbel_argmax(logits: jax.Array, key_data: jax.Array) -> jax.Array:
+    """Per row of logits [R, V] (float32) the index of the largest logits + Gumbel noise, the
+    noise `jax.random.gumbel(key, (V,))` draws for the row's threefry key data [R, 2] (uint32;
+    partitionable threefry, "low" mode). Returns [R] int32."""
+    if not _register():
+        raise KernelBuildError(f"{GUMBEL_TARGET} is not available on this process (see the "
+                               f"warning)")
+    return jax.ffi.ffi_call(GUMBEL_TARGET, jax.ShapeDtypeStruct((logits.shape[0],), jnp.int32))(
+        logits.astype(jnp.float32), key_data.astype(jnp.uint32))

@@ -118,7 +118,8 @@ def argmax(x: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class SamplingMode:
     """What is compiled in: greedy, or which filters run (their values are traced); `kernel`:
-    the filters' cut by the CPU kernel (`cpu_kernels.largest_threshold`; one CPU device)."""
+    the filters' cut and the Gumbel draw by the CPU kernels (`cpu_kernels.largest_threshold`,
+    `cpu_kernels.gumbel_argmax`; one CPU device)."""
 
     greedy: bool
     use_top_k: bool
@@ -135,8 +136,18 @@ def sample(logits: jax.Array, keys: jax.Array, steps, temperature, top_k, top_p,
                            use_top_p=mode.use_top_p, kernel=mode.kernel)
     steps = jnp.broadcast_to(jnp.asarray(steps, jnp.uint32), keys.shape)
     step_keys = jax.vmap(jax.random.fold_in)(keys, steps)
+    if mode.kernel and _kernel_draws_like_jax(step_keys):
+        return cpu_kernels.gumbel_argmax(logits, jax.random.key_data(step_keys))
     gumbel = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[-1:], jnp.float32))(step_keys)
     return argmax(logits + gumbel)
+
+
+def _kernel_draws_like_jax(keys: jax.Array) -> bool:
+    """Whether `cpu_kernels.gumbel_argmax` draws the noise jax.random.gumbel would: threefry
+    keys, partitionable counters, "low" dynamic range (jax's defaults)."""
+    return (str(jax.random.key_impl(keys)) == "threefry2x32"
+            and jax.config.jax_threefry_partitionable
+            and not jax.config.jax_high_dynamic_range_gumbel)
 
 
 def is_stop(tokens: jax.Array, stop_ids: jax.Array) -> jax.Array:
