@@ -200,5 +200,7 @@ def test_prefill_buckets_and_groups():
         assert cost(parts, srt) == best
     # the default call cost keeps small groups whole (a program to compile per call shape)
     assert len(prefill_groups([20, 90, 18, 60, 95, 17])) == 1
-    assert len(prefill_groups(np.random.default_rng(1).integers(16, 97, size=64))) == 1
+    assert len(prefill_groups(np.random.default_rng(1).integers(16, 97, size=16))) == 1
+    assert [len(g) for g in prefill_groups(np.random.default_rng(1).integers(16, 97, size=64))
+            ] == [32, 32]
     assert len(prefill_groups(np.random.default_rng(1).integers(30, 400, size=64))) > 1
