@@ -10,8 +10,10 @@ pass (prefill). Attention, sampling, embedding, norms, the loop and the host are
 * dense step(b): for every layer x @ W_qkv, (x_q) @ W_o, x @ W_gate, x @ W_up, h @ W_down, then
   the LM head, for b rows (shapes of `ModelConfig.preset("bench_32m")`, float32, random
   weights), timed with XLA:CPU's default dots, with Eigen's dots (`EIGEN_DOTS`: only
-  reductions in YNNPACK) and with torch (`F.linear`, all cores); the floor takes the
-  fastest library at each b, and the lower monotone envelope over b (a step for more rows never
+  reductions in YNNPACK), with torch (`F.linear`, all cores) and with our CPU kernel on
+  weights packed once (`cpu_kernels.packed_matmul`, gate|up fused, as the engine decodes;
+  column "packed", left out where the kernel cannot be built); the floor takes the
+  fastest at each b, and the lower monotone envelope over b (a step for more rows never
   costs less than one for fewer), so noise can only lower it.
 * prefill: the same layers (no LM head) over 512 prompt rows at once, per token, times the
   workload's prompt tokens.
@@ -50,6 +52,7 @@ import numpy as np  # noqa: E402
 
 from common import median  # noqa: E402
 from generate import FIXED, MIXED, time_hf, workloads  # noqa: E402
+from musc_jax.engine import cpu_kernels  # noqa: E402
 from musc_jax.models import ModelConfig, init_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "bench"
@@ -84,6 +87,25 @@ def jax_dense(ws, x, head: bool):
     return x @ ws["head"][0] if head else x
 
 
+def pack_dense(ws) -> dict:
+    """The weights in the CPU kernel's panels, gate|up side by side (as `pack_decode_weights`)."""
+    pack = jax.jit(cpu_kernels.pack)
+    return {"qkv": [pack(w) for w in ws["qkv"]], "o": [pack(w) for w in ws["o"]],
+            "gate_up": [pack(jnp.concatenate([g, u], 1)) for g, u in zip(ws["gate"], ws["up"])],
+            "down": [pack(w) for w in ws["down"]], "head": [pack(ws["head"][0])]}
+
+
+def packed_dense(pws, x, head: bool, shapes: tuple):
+    """`jax_dense` by `cpu_kernels.packed_matmul`; shapes = (qkv width, E, MLP width, vocab)."""
+    n_qkv, e, f, vocab = shapes
+    mm = cpu_kernels.packed_matmul
+    for wqkv, wo, wgu, wd in zip(pws["qkv"], pws["o"], pws["gate_up"], pws["down"]):
+        x = x + mm(mm(x, wqkv, n_qkv)[:, :wo.shape[1]], wo, e)
+        gu = mm(x, wgu, 2 * f)
+        x = x + mm(jax.nn.silu(gu[:, :f]) * gu[:, f:], wd, e)
+    return mm(x, pws["head"][0], vocab) if head else x
+
+
 def torch_dense(ws, x, head: bool):
     import torch.nn.functional as F
 
@@ -112,15 +134,19 @@ def dense_times(cfg: ModelConfig, ws: dict[str, list[np.ndarray]], rows: list[in
     torch.set_num_threads(os.cpu_count())
     jws = jax.tree.map(jnp.asarray, ws)
     tws = {k: [torch.from_numpy(np.ascontiguousarray(m.T)) for m in v] for k, v in ws.items()}
-    variants = {"xla": jax.jit(jax_dense, static_argnums=2),
-                "xla_eigen": jax.jit(jax_dense, static_argnums=2,
-                                     compiler_options=dict(EIGEN_DOTS))}
+    variants = {"xla": (jax.jit(jax_dense, static_argnums=2), jws),
+                "xla_eigen": (jax.jit(jax_dense, static_argnums=2,
+                                      compiler_options=dict(EIGEN_DOTS)), jws)}
+    if cpu_kernels.decode_kernels_available(jnp.float32):
+        shapes = (ws["qkv"][0].shape[1], cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size)
+        variants["packed"] = (jax.jit(lambda p, x, h: packed_dense(p, x, h, shapes),
+                                      static_argnums=2), pack_dense(jws))
     out = {}
     for b in rows:
         x = np.random.default_rng(b).standard_normal((b, cfg.hidden_size), dtype=np.float32)
         jx, tx = jnp.asarray(x), torch.from_numpy(x)
-        row = {name: median_time(lambda f=f: jax.block_until_ready(f(jws, jx, head)), repeats)
-               for name, f in variants.items()}
+        row = {name: median_time(lambda f=f, w=w: jax.block_until_ready(f(w, jx, head)), repeats)
+               for name, (f, w) in variants.items()}
         with torch.no_grad():
             row["torch"] = median_time(lambda: torch_dense(tws, tx, head), repeats)
         out[b] = row
@@ -183,11 +209,14 @@ def main() -> None:
     weight_mb = sum(m.nbytes for v in ws.values() for m in v) / 1e6
     say(f"dense step (all {weight_mb:.0f} MB of dense weights read once, LM head included), "
         f"ms; floor = fastest library, lower monotone envelope:")
-    say(f"  {'rows':>4} {'xla':>8} {'xla_eigen':>9} {'torch':>8} {'floor':>8}  GB/s  GFLOP/s")
+    say(f"  {'rows':>4} {'xla':>8} {'xla_eigen':>9} {'torch':>8} {'packed':>8} {'floor':>8}  GB/s"
+        f"  GFLOP/s")
     flops_row = 2 * weight_mb * 1e6 / 4
     for b, t in step.items():
+        packed = f"{1e3 * t['packed']:8.2f}" if "packed" in t else f"{'-':>8}"
         say(f"  {b:>4} {1e3 * t['xla']:8.2f} {1e3 * t['xla_eigen']:9.2f} {1e3 * t['torch']:8.2f} "
-            f"{1e3 * env[b]:8.2f} {weight_mb / 1e3 / env[b]:5.1f} {b * flops_row / 1e9 / env[b]:8.1f}")
+            f"{packed} {1e3 * env[b]:8.2f} {weight_mb / 1e3 / env[b]:5.1f} "
+            f"{b * flops_row / 1e9 / env[b]:8.1f}")
     say(f"  prefill (no LM head), {PREFILL_ROWS} rows: " + ", ".join(
         f"{k} {1e3 * v:.1f} ms" for k, v in pre.items()) + f"; floor {1e6 * pre_tok:.1f} us/token")
 
