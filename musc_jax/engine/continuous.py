@@ -20,7 +20,7 @@ depend on (slots, L) and the prefill group bucket only: refilling slots compiles
 and packing compiles one decode program per slot bucket, once per process (`TRACE_COUNTS`).
 On one CPU device in float32 the decode step runs on custom kernels (`cpu_kernels`): attention
 that reads each slot's cache only up to its own length, and matmuls over weights packed once per
-call (`slot_cache.pack_decode_weights`).
+model (`decode_weights`).
 Sampling: row r draws token i from fold_in(fold_in(key(seed), r), i), exactly as the static
 engine, whatever slot it runs in.
 """
@@ -351,20 +351,21 @@ def generate_continuous(model, rows: Sequence[Sequence[int]], budgets: Sequence[
 _PACKED: dict[Any, tuple[list, DecodeWeights]] = {}
 
 
-def decode_weights(graphdef, params, *, make_only: bool = False):
-    """`pack_decode_weights` of the model (one jitted program per model structure), reused
-    while the parameters are the same arrays; with `make_only`, the jitted program itself."""
-    fn = _jitted("pack", graphdef, make=lambda: jax.jit(
+def _pack_program(graphdef):
+    """`pack_decode_weights` jitted, one program per model structure."""
+    return _jitted("pack", graphdef, make=lambda: jax.jit(
         lambda p: pack_decode_weights(nnx.merge(graphdef, p))))
-    if make_only:
-        return fn
+
+
+def decode_weights(graphdef, params) -> DecodeWeights:
+    """`pack_decode_weights` of the model, reused while the parameters are the same arrays."""
     leaves = jax.tree.leaves(params)
     cached = _PACKED.get(graphdef)
     if cached is not None and len(cached[0]) == len(leaves) and all(
             ref() is leaf for ref, leaf in zip(cached[0], leaves)):
         return cached[1]
     _PACKED.pop(graphdef, None)                 # free the old copy before packing a new one
-    packed = fn(params)
+    packed = _pack_program(graphdef)(params)
     refs = [weakref.ref(leaf) for leaf in leaves]
     _PACKED[graphdef] = (refs, packed)
     # the packed copy lives no longer than the parameters it was packed from
@@ -394,6 +395,5 @@ def decode_program_text(model, slots: int, length: int, max_new: int,
                                    shardings=None), donate_argnums=2)
     scalars = (np.zeros((4,), np.int32), np.int32(0), np.float32(1), np.int32(0), np.float32(1),
                np.int32(1), np.int32(0))
-    packed = jax.eval_shape(decode_weights(graphdef, None, make_only=True), params) \
-        if decode_kernel else None
+    packed = jax.eval_shape(_pack_program(graphdef), params) if decode_kernel else None
     return fn.lower(params, packed, state, *scalars).compile().as_text()

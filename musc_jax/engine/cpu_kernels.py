@@ -6,7 +6,7 @@ The continuous engine's decode step uses them when it runs on CPU in float32 wit
   must read every slot up to the longest live row and streams the cache at 4-5 GB/s; the kernel
   (`kernels/decode_attention.cc`) streams each (slot, kv head) once up to its own position, at
   the machine's memory bandwidth (`bench/decode_attention.py`).
-* `packed_matmul`: the few rows of a decode step times a weight matrix packed once per call
+* `packed_matmul`: the few rows of a decode step times a weight matrix packed once per model
   (`pack`) into contiguous column panels (`kernels/packed_matmul.cc`). XLA:CPU's library dots
   repack the weights on every call; at 8-16 rows they read them at about half the machine's
   bandwidth (`bench/decode_floor.py`).
@@ -49,6 +49,9 @@ MATMUL_TARGET = "musc_packed_matmul"
 THRESHOLD_TARGET = "musc_largest_threshold"
 GUMBEL_TARGET = "musc_gumbel_argmax"
 PANEL = 64                      # columns per packed panel (kPanel in packed_matmul.cc)
+# FFI target -> the handler symbol its source defines
+_SYMBOLS = {TARGET: "MuscDecodeAttention", MATMUL_TARGET: "MuscPackedMatmul",
+            THRESHOLD_TARGET: "MuscLargestThreshold", GUMBEL_TARGET: "MuscGumbelArgmax"}
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-std=c++17", "-fPIC", "-shared", "-w")
 ENV_SWITCH = "MUSC_JAX_CPU_KERNELS"
 ENV_CACHE = "MUSC_JAX_KERNEL_CACHE"
@@ -110,14 +113,9 @@ def build(compiler: str | None = None) -> Path:
 def _load() -> None:
     """Build, load and register the kernels with XLA, once per process."""
     lib = ctypes.cdll.LoadLibrary(str(build()))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.MuscDecodeAttention),
-                                platform="cpu")
-    jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(lib.MuscPackedMatmul),
-                                platform="cpu")
-    jax.ffi.register_ffi_target(THRESHOLD_TARGET, jax.ffi.pycapsule(lib.MuscLargestThreshold),
-                                platform="cpu")
-    jax.ffi.register_ffi_target(GUMBEL_TARGET, jax.ffi.pycapsule(lib.MuscGumbelArgmax),
-                                platform="cpu")
+    for target, symbol in _SYMBOLS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform="cpu")
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,6 +134,11 @@ def _register() -> bool:
     return True
 
 
+def _require(target: str) -> None:
+    if not _register():
+        raise KernelBuildError(f"{target} is not available on this process (see the warning)")
+
+
 def decode_kernels_available(dtype) -> bool:
     """Whether decode programs on this process's default backend should use the kernels: CPU,
     float32 compute and cache, and the kernels built (compiled here on the first call)."""
@@ -148,8 +151,7 @@ def decode_attention(q: jax.Array, kc: jax.Array, vc: jax.Array, positions: jax.
     """The kernel's decode attention; the same contract as `slot_cache._decode_attention`:
     q [R, 1, H, D] over kc/vc [R, KV, L, D] (float32) at `positions` [R, 1] (>= L: idle slot,
     zeros out). Returns [R, 1, H * D]."""
-    if not _register():
-        raise KernelBuildError(f"{TARGET} is not available on this process (see the warning)")
+    _require(TARGET)
     r, _, h, d = q.shape
     out = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((r, h, d), jnp.float32))(
         q[:, 0].astype(jnp.float32) * scale, kc, vc, positions[:, 0].astype(jnp.int32),
@@ -168,9 +170,7 @@ def pack(w: jax.Array) -> jax.Array:
 
 def packed_matmul(x: jax.Array, wp: jax.Array, n: int) -> jax.Array:
     """x [M, K] @ w [K, n] (float32) with w given as `pack(w)`. Returns [M, n] float32."""
-    if not _register():
-        raise KernelBuildError(f"{MATMUL_TARGET} is not available on this process (see the "
-                               f"warning)")
+    _require(MATMUL_TARGET)
     return jax.ffi.ffi_call(MATMUL_TARGET, jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32))(
         x.astype(jnp.float32), wp, n=np.int64(n))
 
@@ -179,9 +179,7 @@ def largest_threshold(keys: jax.Array, target: jax.Array,
                       weights: jax.Array | None = None) -> jax.Array:
     """Per row of keys [R, V] (uint32) the largest t with sum(weights[keys >= t]) >= target [R]
     (weights None: each key counts 1), 0 when no t reaches it. Returns [R, 1] uint32."""
-    if not _register():
-        raise KernelBuildError(f"{THRESHOLD_TARGET} is not available on this process (see the "
-                               f"warning)")
+    _require(THRESHOLD_TARGET)
     r = keys.shape[0]
     counts = weights is None
     w = jnp.zeros((1, 1), jnp.float32) if counts else weights.astype(jnp.float32)
@@ -195,8 +193,6 @@ def gumbel_argmax(logits: jax.Array, key_data: jax.Array) -> jax.Array:
     """Per row of logits [R, V] (float32) the index of the largest logits + Gumbel noise, the
     noise `jax.random.gumbel(key, (V,))` draws for the row's threefry key data [R, 2] (uint32;
     partitionable threefry, "low" mode). Returns [R] int32."""
-    if not _register():
-        raise KernelBuildError(f"{GUMBEL_TARGET} is not available on this process (see the "
-                               f"warning)")
+    _require(GUMBEL_TARGET)
     return jax.ffi.ffi_call(GUMBEL_TARGET, jax.ShapeDtypeStruct((logits.shape[0],), jnp.int32))(
         logits.astype(jnp.float32), key_data.astype(jnp.uint32))

@@ -67,8 +67,9 @@ class DecodeWeights(NamedTuple):
 
 
 def pack_decode_weights(model) -> DecodeWeights:
-    """The model's decode-step matrices in the CPU kernel's panel layout (float32): computed once
-    per generation call, outside the decode loop, so no step repacks a weight."""
+    """The model's decode-step matrices in the CPU kernel's panel layout (float32): computed
+    outside the decode loop (once per model: `continuous.decode_weights`), so no step repacks a
+    weight."""
     qkv, bias, o, gate_up, down = [], [], [], [], []
     for layer in _layers(model):
         a, m = layer.attn, layer.mlp
